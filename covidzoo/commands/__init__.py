@@ -1,0 +1,1 @@
+"""The built-in commands. Each module defines Click commands; `default_plugins` adds them."""

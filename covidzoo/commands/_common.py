@@ -1,0 +1,48 @@
+"""Pieces shared by the built-in commands: JSON output, rich tables, a group with a default."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import click
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output on stdout: indented, key order kept, one document."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_table(
+    title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """A rich table on stdout (plain text when stdout is not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console(file=sys.stdout).print(table)
+
+
+class DefaultGroup(click.Group):
+    """A group that runs `default_command` when the first argument names no subcommand.
+
+    `covidzoo models regnet*` is then `covidzoo models list regnet*`, while
+    `covidzoo models show regnet3d` still reaches `show`.
+    """
+
+    def __init__(self, *args: Any, default_command: str, **kwargs: Any) -> None:
+        kwargs.setdefault("invoke_without_command", False)
+        super().__init__(*args, **kwargs)
+        self.default_command = default_command
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)

@@ -1,0 +1,1 @@
+"""Built-in plugins: covidzoo's own components, registered through the public hooks."""
