@@ -1,11 +1,23 @@
-"""`covidzoo models`: the registered components and their metadata."""
+"""`covidzoo models`: the registered components, their metadata and complexity."""
 
 from __future__ import annotations
 
+import json
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
 import click
 
-from ..registry import KINDS
+from ..errors import BadInputError
+from ..registry import KINDS, Component
 from ._common import DefaultGroup, print_json, print_table
+from ._regnet_options import (
+    check_regnet3d_options,
+    parse_int_list,
+    regnet3d_kwargs,
+    regnet3d_options,
+)
 
 
 @click.group(cls=DefaultGroup, default_command="list")
@@ -34,3 +46,114 @@ def list_(pattern: str, kind: str | None, as_json: bool) -> None:
         ["name", "kind", "plugin", "summary"],
         [(c.name, c.kind, c.plugin, c.summary) for c in components],
     )
+
+
+@models.command("show")
+@click.argument("name")
+@click.option("--kind", help="The kind of NAME when several kinds share it.")
+@regnet3d_options
+@click.option(
+    "--input-size", metavar="D,H,W", help="Input size for the complexity table (default: the "
+    "backbone's input_size)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def show(
+    name: str, kind: str | None, input_size: str | None, as_json: bool, **options: Any
+) -> None:
+    """Show component NAME: a backbone's per-stage complexity, else its metadata.
+
+    Backbones with a `complexity()` method get a table of every stage (depth, widths, groups,
+    output shape, parameters, FLOPs) for one volume of --input-size; architecture options
+    (--depths, --w0, ...) change the model shown, and any width adjustment is reported.
+    """
+    from .. import get_component, list_components
+    from ..registry import check_kind
+
+    kwargs = regnet3d_kwargs(options)
+    if kind is not None:
+        component = get_component(name, check_kind(kind))
+    else:
+        found = [c for c in list_components(name) if c.name == name]
+        if len(found) > 1:
+            kinds = ", ".join(c.kind for c in found)
+            raise BadInputError(f"'{name}' names a {kinds}; choose one with --kind")
+        component = found[0] if found else get_component(name, "backbone")
+    check_regnet3d_options(component, kwargs)
+    if component.kind != "backbone":
+        if input_size is not None:
+            raise BadInputError(f"--input-size: only for backbones, not {component.kind} '{name}'")
+        _show_metadata(component, as_json)
+        return
+    size = _input_size(input_size, component.metadata)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = component.create(**kwargs)
+    adjustments = [str(w.message) for w in caught]
+    if not hasattr(model, "complexity"):
+        if input_size is not None:
+            raise BadInputError(f"--input-size: backbone '{name}' cannot report its complexity")
+        _show_metadata(component, as_json)
+        return
+    report = model.complexity(size)
+    cfg = getattr(model, "cfg", None)
+    if as_json:
+        print_json(
+            {
+                "name": component.name,
+                "kind": component.kind,
+                "plugin": component.plugin,
+                **report,
+                "adjustments": adjustments,
+                **({"cfg": cfg.to_dict()} if hasattr(cfg, "to_dict") else {}),
+            }
+        )
+        return
+    rows = [
+        (
+            part["name"], part["depth"], part["width"], part["bottleneck_width"], part["groups"],
+            "x".join(str(s) for s in part["output_shape"]), _human(part["params"]),
+            _human(part["flops"]),
+        )
+        for part in report["stages"]
+    ]
+    rows.append(("total", "", "", "", "", "", _human(report["params"]), _human(report["flops"])))
+    shape = "x".join(str(s) for s in report["input_size"])
+    print_table(
+        f"{component.name}, one volume {shape} (FLOPs: 2 per multiply-add)",
+        ["stage", "depth", "width", "bottleneck width", "groups", "output shape", "params",
+         "FLOPs"],
+        rows,
+    )
+    click.echo(f"params {report['params']:,}, FLOPs {report['flops']:,}")
+    for message in adjustments:
+        click.echo(f"adjusted: {message}")
+
+
+def _input_size(text: str | None, metadata: Mapping[str, Any]) -> tuple[int, ...]:
+    if text is None:
+        return tuple(metadata["input_size"])
+    size = parse_int_list("--input-size", text)
+    dims = metadata["spatial_dims"]
+    if len(size) != dims:
+        raise BadInputError(f"--input-size: give {dims} sizes for a {dims}D backbone, got '{text}'")
+    return tuple(size)
+
+
+def _human(n: int | None) -> str:
+    """1234567 -> '1.23M': three significant figures for the table (JSON keeps exact values)."""
+    if n is None:
+        return ""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return str(n)
+
+
+def _show_metadata(component: Component, as_json: bool) -> None:
+    data = component.to_dict()
+    if as_json:
+        print_json(data)
+        return
+    rows = [(k, data[k]) for k in ("name", "kind", "plugin", "summary", "factory")]
+    rows += [(k, json.dumps(v)) for k, v in data["metadata"].items()]
+    print_table(None, ["field", "value"], rows)

@@ -350,7 +350,7 @@ def complexity(cfg: RegNet3DCfg, input_size: Sequence[int]) -> dict[str, Any]:
     parts.append(
         {
             "name": "head",
-            "depth": 1 if n else 0,
+            "depth": None,
             "width": n,
             "bottleneck_width": None,
             "groups": None,
