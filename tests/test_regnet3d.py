@@ -344,3 +344,10 @@ def test_regnet3d_kwargs_keeps_only_given_options():
                "epochs": 3}
     assert regnet3d_kwargs(options) == {"depths": [2, 6, 12, 4], "group_widths": 8,
                                         "se_ratio": 0.0}
+
+
+def test_docs_table_quotes_the_golden_numbers():
+    page = (Path(__file__).parents[1] / "docs" / "models" / "regnet3d.md").read_text()
+    for name, entry in json.loads(GOLDEN.read_text()).items():
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
+        assert f"| {entry['params']:,} | {entry['flops']:,} " in row, name
