@@ -108,6 +108,10 @@ class NovoGrad(torch.optim.Optimizer):
                     if group["amsgrad"]:
                         state["max_exp_avg_sq"] = norm_sq.clone()
                 else:
+                    # load_state_dict casts state to the parameter's dtype: back to float32.
+                    for key in ("exp_avg_sq", "max_exp_avg_sq"):
+                        if key in state and state[key].dtype != norm_sq.dtype:
+                            state[key] = state[key].to(norm_sq.dtype)
                     state["exp_avg_sq"].mul_(beta2).add_(norm_sq, alpha=1 - beta2)
                 state["step"] += 1
                 v = state["exp_avg_sq"]

@@ -95,3 +95,14 @@ def test_every_builtin_optimizer_steps(name):
 def test_novograd_bad_options():
     with pytest.raises(BadInputError, match="betas"):
         NovoGrad([torch.nn.Parameter(torch.ones(1))], betas=(0.9, 1.0))
+
+
+def test_novograd_second_moment_stays_float32_for_bf16_after_a_reload():
+    w = torch.nn.Parameter(torch.ones(3, dtype=torch.bfloat16))
+    opt = NovoGrad([w], lr=0.1)
+    w.grad = torch.ones(3, dtype=torch.bfloat16)
+    opt.step()
+    reloaded = NovoGrad([w], lr=0.1)
+    reloaded.load_state_dict(opt.state_dict())
+    reloaded.step()
+    assert reloaded.state[w]["exp_avg_sq"].dtype == torch.float32
