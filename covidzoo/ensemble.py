@@ -28,7 +28,10 @@ EPS = 1e-7
 
 
 def check_member_probs(probs: ArrayLike, n_models: int | None = None) -> NDArray[np.float64]:
-    """`probs` as a float array `n_scans x n_models` of probabilities, or `BadInputError`."""
+    """`probs` as a float array `n_scans x n_models` of probabilities, or `BadInputError`.
+
+    A 1-D array is one model's probabilities: a single column.
+    """
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim == 1:
         p = p[:, None]
