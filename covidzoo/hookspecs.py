@@ -53,8 +53,10 @@ def register_ensemblers(register: Any) -> None:
     """Register ensemblers: rules that fuse the probabilities of several trained models.
 
     The factory is called with keyword arguments and returns an object with
-    `fit(probs, labels)` (probs: `n_scans x n_models`, may do nothing) and `predict(probs)`
-    returning one fused probability per scan.
+    `fit(probs, labels)` (probs: `n_scans x n_models`, may do nothing; returns the object) and
+    `predict(probs)` returning one fused probability per scan. To be saved by
+    `covidzoo ensemble --save`, it also has `to_dict()` (JSON-ready, the registered name under
+    `"method"`) and the factory a `from_dict(data)` class method that restores it.
     """
 
 

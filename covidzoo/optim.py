@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from .errors import BadInputError
+
 
 def adam(params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0, **kw: Any):
     """Adam (Kingma & Ba), L2 weight decay added to the gradient."""
@@ -39,3 +41,90 @@ def sgd(
 def rmsprop(params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0, **kw: Any):
     """RMSprop (Hinton), as torch implements it."""
     return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay, **kw)
+
+
+class NovoGrad(torch.optim.Optimizer):
+    """NovoGrad (Ginsburg et al. 2019, arXiv 1905.11286): SGD with momentum on gradients
+    normalised by a layer-wise second moment; the 3D RegNet paper trains with it.
+
+    Per parameter tensor ("layer") `w` with gradient `g`, at step t:
+
+        v_t = beta2 * v_{t-1} + (1 - beta2) * ||g_t||^2     (v_1 = ||g_1||^2)
+        d_t = g_t / (sqrt(v_t) + eps) + weight_decay * w_{t-1}
+        m_t = beta1 * m_{t-1} + c * d_t                     (m_0 = 0; c = 1 - beta1 with
+                                                             grad_averaging, else 1)
+        w_t = w_{t-1} - lr * m_t
+
+    `v` is one number per tensor, so the optimizer state is about half of Adam's. With
+    `amsgrad`, the running maximum of `v` replaces `v` in the denominator. The weight decay is
+    added after the normalisation, as in the paper, and `grad_averaging` scales the whole step
+    `d_t`, weight decay included, as NVIDIA's references do (apex `FusedNovoGrad`, OpenSeq2Seq
+    `NovoGrad2`).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.95, 0.98),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        grad_averaging: bool = False,
+        amsgrad: bool = False,
+    ) -> None:
+        if not lr >= 0:
+            raise BadInputError(f"NovoGrad needs lr >= 0, got {lr}")
+        if not all(0 <= b < 1 for b in betas) or len(betas) != 2:
+            raise BadInputError(f"NovoGrad needs two betas in [0, 1), got {betas}")
+        if not eps >= 0 or not weight_decay >= 0:
+            raise BadInputError("NovoGrad needs eps >= 0 and weight_decay >= 0")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        grad_averaging=grad_averaging, amsgrad=amsgrad)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        """One update of every parameter with a gradient; `closure` re-evaluates the loss."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            scale = 1 - beta1 if group["grad_averaging"] else 1.0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if grad.is_sparse:
+                    raise BadInputError("NovoGrad does not support sparse gradients")
+                state = self.state[p]
+                # The norm in float32 at least, kept on the device: no host sync per tensor.
+                norm_sq = grad.to(torch.promote_types(grad.dtype, torch.float32)).square().sum()
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = norm_sq.clone()
+                    if group["amsgrad"]:
+                        state["max_exp_avg_sq"] = norm_sq.clone()
+                else:
+                    # load_state_dict casts state to the parameter's dtype: back to float32.
+                    for key in ("exp_avg_sq", "max_exp_avg_sq"):
+                        if key in state and state[key].dtype != norm_sq.dtype:
+                            state[key] = state[key].to(norm_sq.dtype)
+                    state["exp_avg_sq"].mul_(beta2).add_(norm_sq, alpha=1 - beta2)
+                state["step"] += 1
+                v = state["exp_avg_sq"]
+                if group["amsgrad"]:
+                    v = torch.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+                direction = grad / (v.sqrt() + group["eps"]).to(grad.dtype)
+                if group["weight_decay"]:
+                    direction.add_(p, alpha=group["weight_decay"])
+                state["exp_avg"].mul_(beta1).add_(direction, alpha=scale)
+                p.add_(state["exp_avg"], alpha=-group["lr"])
+        return loss
+
+
+def novograd(params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0, **kw: Any):
+    """NovoGrad: layer-wise normalised gradients with momentum (the 3D RegNet paper's choice)."""
+    return NovoGrad(params, lr=lr, weight_decay=weight_decay, **kw)

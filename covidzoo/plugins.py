@@ -27,6 +27,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "covidzoo.default_plugins.commands",
     "covidzoo.default_plugins.optimizers",
     "covidzoo.default_plugins.regnet3d",
+    "covidzoo.default_plugins.ensemblers",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME

@@ -13,3 +13,5 @@ def register_optimizers(register: Any) -> None:
     register("adamw", "covidzoo.optim:adamw", summary="AdamW, decoupled weight decay")
     register("sgd", "covidzoo.optim:sgd", summary="SGD with Nesterov momentum 0.9")
     register("rmsprop", "covidzoo.optim:rmsprop", summary="RMSprop (torch.optim.RMSprop)")
+    register("novograd", "covidzoo.optim:novograd",
+             summary="NovoGrad, layer-wise second moments (Ginsburg et al. 2019)")

@@ -1,0 +1,342 @@
+"""Ensemblers: rules that fuse the covid probabilities of several models into one per scan.
+
+Every ensembler follows one protocol (the `register_ensemblers` hook's contract):
+
+- `fit(probs, labels)` learns from validation data (`probs`: `n_scans x n_models`, `labels`:
+  1 covid, 0 non-covid) and returns the ensembler; it sees nothing but what it is given;
+- `predict(probs)` returns one fused probability per scan, in [0, 1];
+- `to_dict()` is a JSON-ready description with the registered name under `"method"`, and the
+  class method `from_dict(data)` rebuilds an ensembler that predicts identically. No pickle:
+  the `ensemble --save` file is plain JSON, restored with `load_ensembler`.
+
+The threshold is not the ensembler's business: the caller takes
+`metrics.youden_threshold(labels, ensembler.predict(val_probs))` on validation data.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from .errors import BadInputError
+
+# Probabilities are clipped to [EPS, 1 - EPS] before logits or logs are taken.
+EPS = 1e-7
+
+
+def check_member_probs(probs: ArrayLike, n_models: int | None = None) -> NDArray[np.float64]:
+    """`probs` as a float array `n_scans x n_models` of probabilities, or `BadInputError`.
+
+    A 1-D array is one model's probabilities: a single column.
+    """
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim == 1:
+        p = p[:, None]
+    if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] == 0:
+        raise BadInputError(f"member probabilities must be n_scans x n_models, got {p.shape}")
+    if not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
+        raise BadInputError("member probabilities must be finite and within [0, 1]")
+    if n_models is not None and p.shape[1] != n_models:
+        raise BadInputError(f"the ensemble has {n_models} members, got {p.shape[1]} columns")
+    return p
+
+
+def _check_labels(labels: ArrayLike | None, n_scans: int, method: str) -> NDArray[np.int64]:
+    if labels is None:
+        raise BadInputError(f"ensembler '{method}' needs labels to fit")
+    y = np.asarray(labels)
+    if y.shape != (n_scans,):
+        raise BadInputError(f"{n_scans} scans but labels of shape {y.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise BadInputError("labels must be 0 (non-covid) or 1 (covid)")
+    if y.min() == y.max():
+        raise BadInputError(f"ensembler '{method}' needs both classes in its fit data")
+    return y.astype(np.int64)
+
+
+def _floats(values: ArrayLike) -> list[Any]:
+    """A (nested) list of Python floats: JSON writes them exactly (repr round-trips)."""
+    return np.asarray(values, dtype=np.float64).tolist()
+
+
+class Ensembler(ABC):
+    """Base class of the built-in ensemblers: input checks and the JSON round trip."""
+
+    method: ClassVar[str]
+
+    def __init__(self) -> None:
+        self.n_models: int | None = None
+
+    def fit(self, probs: ArrayLike, labels: ArrayLike | None = None) -> Ensembler:
+        """Learn from validation data; the base rule has nothing to learn but the member count."""
+        self.n_models = check_member_probs(probs).shape[1]
+        return self
+
+    @abstractmethod
+    def predict(self, probs: ArrayLike) -> NDArray[np.float64]:
+        """One fused probability per scan."""
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description; `from_dict` of it predicts identically."""
+        return {"method": self.method, "n_models": self.n_models, **self._state()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Ensembler:
+        """The ensembler that `to_dict` described."""
+        if data.get("method") != cls.method:
+            raise BadInputError(
+                f"ensemble description of method '{data.get('method')}', not '{cls.method}'"
+            )
+        ensembler = cls()
+        ensembler._restore(data)
+        return ensembler
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        """Set the fitted state from `to_dict`'s output; subclasses extend it."""
+        n_models = data.get("n_models")
+        self.n_models = None if n_models is None else int(n_models)
+
+    def _check(self, probs: ArrayLike) -> NDArray[np.float64]:
+        return check_member_probs(probs, self.n_models)
+
+    def _require_fit(self, fitted: bool) -> None:
+        if not fitted:
+            raise BadInputError(f"ensembler '{self.method}' must be fit on validation data first")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.to_dict()})"
+
+
+class MeanEnsembler(Ensembler):
+    """The average of member probabilities: the 3D RegNet paper's fusion rule.
+
+    Nothing to learn, hard to overfit: the default, and the right choice for a few members of
+    similar quality or little validation data.
+    """
+
+    method = "mean"
+
+    def predict(self, probs: ArrayLike) -> NDArray[np.float64]:
+        return self._check(probs).mean(axis=1)
+
+
+class WeightedEnsembler(Ensembler):
+    """A weighted average of member probabilities, weights learned on validation data.
+
+    The weights minimise the binary cross-entropy of the fused probability on the fit data,
+    subject to `w >= 0` and `sum(w) = 1` (SLSQP from the uniform start, exact gradient), so the
+    result stays a probability and a useless member can get weight 0. Use it when members
+    differ in quality and the validation set has a few hundred scans; with less, `mean` is
+    safer.
+    """
+
+    method = "weighted"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights: NDArray[np.float64] | None = None
+
+    def fit(self, probs: ArrayLike, labels: ArrayLike | None = None) -> WeightedEnsembler:
+        from scipy.optimize import minimize
+
+        p = check_member_probs(probs)
+        y = _check_labels(labels, p.shape[0], self.method)
+        k = p.shape[1]
+
+        def loss_and_grad(w: NDArray[np.float64]) -> tuple[float, NDArray[np.float64]]:
+            fused = np.clip(p @ w, EPS, 1 - EPS)
+            loss = -np.mean(y * np.log(fused) + (1 - y) * np.log(1 - fused))
+            dfused = (fused - y) / (fused * (1 - fused)) / len(y)
+            return float(loss), p.T @ dfused
+
+        result = minimize(
+            loss_and_grad,
+            np.full(k, 1.0 / k),
+            jac=True,
+            method="SLSQP",
+            bounds=[(0.0, 1.0)] * k,
+            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0, "jac": np.ones_like}],
+        )
+        w = np.clip(result.x, 0.0, None)
+        self.weights = w / w.sum()
+        self.n_models = k
+        return self
+
+    def predict(self, probs: ArrayLike) -> NDArray[np.float64]:
+        self._require_fit(self.weights is not None)
+        return np.clip(self._check(probs) @ self.weights, 0.0, 1.0)
+
+    def _state(self) -> dict[str, Any]:
+        return {"weights": None if self.weights is None else _floats(self.weights)}
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        super()._restore(data)
+        if data.get("weights") is not None:
+            self.weights = np.asarray(data["weights"], dtype=np.float64)
+
+
+class RankEnsembler(Ensembler):
+    """The average of rank-normalised member scores, ranks taken against validation data.
+
+    `fit` keeps each member's validation scores; `predict` maps a score to its position in that
+    member's validation distribution (the mid-rank empirical CDF, linearly interpolated between
+    validation scores, anchored at 0 -> 0 and 1 -> 1) and averages the positions. Ranking
+    against the validation data rather than within the predicted batch makes a scan's fused
+    score independent of the other scans predicted with it, so `predict` on a single scan
+    works and the threshold chosen on validation data means the same on new data. The map is
+    strictly increasing, so one member's order is kept exactly.
+
+    Use it when members are calibrated differently (one says 0.99 where another says 0.6):
+    ranks put them on one scale before averaging. The output is a rank score, not a
+    calibrated probability.
+    """
+
+    method = "rank"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.knots: list[tuple[NDArray[np.float64], NDArray[np.float64]]] | None = None
+
+    def fit(self, probs: ArrayLike, labels: ArrayLike | None = None) -> RankEnsembler:
+        p = check_member_probs(probs)
+        self.knots = [self._knots(column) for column in p.T]
+        self.n_models = p.shape[1]
+        return self
+
+    @staticmethod
+    def _knots(scores: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        values, counts = np.unique(scores, return_counts=True)
+        below = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        cdf = (below + counts / 2) / len(scores)
+        keep = (values > 0) & (values < 1)  # 0 and 1 are the fixed anchors
+        return (
+            np.concatenate([[0.0], values[keep], [1.0]]),
+            np.concatenate([[0.0], cdf[keep], [1.0]]),
+        )
+
+    def predict(self, probs: ArrayLike) -> NDArray[np.float64]:
+        self._require_fit(self.knots is not None)
+        p = self._check(probs)
+        ranks = [np.interp(p[:, i], x, y) for i, (x, y) in enumerate(self.knots)]
+        return np.mean(ranks, axis=0)
+
+    def _state(self) -> dict[str, Any]:
+        if self.knots is None:
+            return {"knots": None}
+        return {"knots": [{"score": _floats(x), "rank": _floats(y)} for x, y in self.knots]}
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        super()._restore(data)
+        if data.get("knots") is not None:
+            self.knots = [
+                (np.asarray(k["score"], dtype=np.float64), np.asarray(k["rank"], dtype=np.float64))
+                for k in data["knots"]
+            ]
+
+
+class StackingEnsembler(Ensembler):
+    """Logistic regression on the members' logits, fit on validation data (stacking).
+
+    `predict` is `sigmoid(logits @ coef + intercept)`, computed from the stored coefficients,
+    so a restored ensembler needs no scikit-learn object. `C` is scikit-learn's inverse
+    regularisation strength. It can learn that one member deserves more trust, or none, and
+    recalibrates the fused probability; it needs the most validation data of all (hundreds of
+    scans per member) and is the most prone to overfit a small validation set.
+    """
+
+    method = "stacking"
+
+    def __init__(self, C: float = 1.0) -> None:  # noqa: N803 (scikit-learn's name)
+        super().__init__()
+        if not C > 0:
+            raise BadInputError(f"stacking needs C > 0, got {C}")
+        self.C = float(C)
+        self.coef: NDArray[np.float64] | None = None
+        self.intercept: float | None = None
+
+    @staticmethod
+    def logits(p: NDArray[np.float64]) -> NDArray[np.float64]:
+        """log(p / (1 - p)), probabilities clipped to [EPS, 1 - EPS]."""
+        p = np.clip(p, EPS, 1 - EPS)
+        return np.log(p) - np.log1p(-p)
+
+    def fit(self, probs: ArrayLike, labels: ArrayLike | None = None) -> StackingEnsembler:
+        from sklearn.linear_model import LogisticRegression
+
+        p = check_member_probs(probs)
+        y = _check_labels(labels, p.shape[0], self.method)
+        model = LogisticRegression(C=self.C).fit(self.logits(p), y)
+        self.coef = model.coef_[0].astype(np.float64)
+        self.intercept = float(model.intercept_[0])
+        self.n_models = p.shape[1]
+        return self
+
+    def predict(self, probs: ArrayLike) -> NDArray[np.float64]:
+        self._require_fit(self.coef is not None)
+        z = self.logits(self._check(probs)) @ self.coef + self.intercept
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # sigmoid without overflow
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "C": self.C,
+            "coef": None if self.coef is None else _floats(self.coef),
+            "intercept": self.intercept,
+        }
+
+    def _restore(self, data: dict[str, Any]) -> None:
+        super()._restore(data)
+        self.C = float(data.get("C", self.C))
+        if data.get("coef") is not None:
+            self.coef = np.asarray(data["coef"], dtype=np.float64)
+            self.intercept = float(data["intercept"])
+
+
+def create_ensembler(method: str, **kwargs: Any) -> Any:
+    """A new, unfitted ensembler registered as `method` (built-in or from a plugin)."""
+    from . import get_component
+
+    return get_component(method, "ensembler").create(**kwargs)
+
+
+def load_ensembler(data: dict[str, Any]) -> Any:
+    """The ensembler described by `to_dict()` output, e.g. read from an `ensemble --save` file.
+
+    The method is looked up in the registry, so a plugin's ensembler restores as a built-in
+    does, provided its factory has a `from_dict` class method.
+    """
+    from . import get_component
+
+    if not isinstance(data, dict) or not isinstance(data.get("method"), str):
+        raise BadInputError("an ensemble description is a JSON object with a 'method' name")
+    factory = get_component(data["method"], "ensembler").load()
+    from_dict = getattr(factory, "from_dict", None)
+    if from_dict is None:
+        raise BadInputError(
+            f"ensembler '{data['method']}' cannot be restored from JSON (no from_dict)"
+        )
+    try:
+        return from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, BadInputError):
+            raise
+        raise BadInputError(
+            f"ensemble description of method '{data['method']}' is malformed: {exc}"
+        ) from exc
+
+
+__all__ = [
+    "Ensembler",
+    "MeanEnsembler",
+    "RankEnsembler",
+    "StackingEnsembler",
+    "WeightedEnsembler",
+    "check_member_probs",
+    "create_ensembler",
+    "load_ensembler",
+]
