@@ -26,6 +26,8 @@ from .registry import KIND_HOOKS, Component, Registry
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "covidzoo.default_plugins.commands",
     "covidzoo.default_plugins.optimizers",
+    "covidzoo.default_plugins.resdense2d",
+    "covidzoo.default_plugins.aggregators",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
