@@ -239,7 +239,12 @@ class ResDense2D(nn.Module):
         """
         from safetensors.torch import load_file
 
-        paths = [Path(p) for p in (_split_names(path) if isinstance(path, str) else path)]
+        if isinstance(path, str):
+            paths = [Path(p) for p in _split_names(path)]
+        elif isinstance(path, Path):
+            paths = [path]
+        else:
+            paths = [Path(p) for p in path]
         for p in paths:
             if not p.is_file():
                 raise BadInputError(f"resdense2d pretrained_path '{p}' is not a file")
