@@ -42,14 +42,62 @@ def list_components(
     return get_registry().components(pattern, kind)
 
 
-def create_model(name: str, **kwargs: Any) -> Any:
-    """Build the backbone registered as `name`.
+# The aggregator of a backbone whose metadata names no `default_aggregator`, by spatial_dims.
+DEFAULT_AGGREGATORS: dict[int, str] = {3: "volume", 2: "slice-mean"}
+
+
+def compatible_aggregators(backbone: str) -> list[str]:
+    """Names of the aggregators that can wrap the backbone `backbone` (same `spatial_dims`).
+
+    An aggregator registered without `spatial_dims` wraps anything.
+    """
+    dims = get_component(backbone, "backbone").metadata.get("spatial_dims")
+    return sorted(
+        c.name
+        for c in list_components(kind="aggregator")
+        if c.metadata.get("spatial_dims") in (None, dims)
+    )
+
+
+def default_aggregator(backbone: str) -> str:
+    """The aggregator `aggregator="auto"` picks: the backbone's `default_aggregator` metadata,
+    else `volume` for a 3D backbone and `slice-mean` for a 2D one."""
+    meta = get_component(backbone, "backbone").metadata
+    return meta.get("default_aggregator") or DEFAULT_AGGREGATORS[meta["spatial_dims"]]
+
+
+def create_model(
+    name: str,
+    *,
+    aggregator: str | None = None,
+    aggregator_args: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Build the backbone registered as `name`, alone or wrapped in an aggregator.
 
     Keyword arguments override the backbone's configuration; those that are `None` are dropped,
     so command-line options left unset fall back to the defaults. An unknown name raises
     `UnknownComponentError` with the closest registered names.
+
+    `aggregator=None` returns the bare backbone (slices or volumes in, logits out). A name
+    returns one module from scans `B x C x D x H x W` to logits `B x num_classes`: the
+    aggregator of that name, built with `aggregator_args`, around the backbone; `"auto"` picks
+    `default_aggregator(name)`. An aggregator made for the other `spatial_dims` (a 2D backbone
+    with `volume`, a 3D one with `slice-mean`) raises `BadInputError`.
     """
-    return get_component(name, "backbone").create(**kwargs)
+    backbone = get_component(name, "backbone")
+    if aggregator is None:
+        return backbone.create(**kwargs)
+    if aggregator == "auto":
+        aggregator = default_aggregator(name)
+    wrapper = get_component(aggregator, "aggregator")
+    dims, wraps = backbone.metadata["spatial_dims"], wrapper.metadata.get("spatial_dims")
+    if wraps is not None and wraps != dims:
+        raise BadInputError(
+            f"aggregator '{aggregator}' wraps {wraps}D backbones but '{name}' is {dims}D;"
+            f" use one of: {', '.join(compatible_aggregators(name))}"
+        )
+    return wrapper.create(backbone=backbone.create(**kwargs), **(aggregator_args or {}))
 
 
 __all__ = [
@@ -61,7 +109,10 @@ __all__ = [
     "PluginError",
     "UnknownComponentError",
     "__version__",
+    "DEFAULT_AGGREGATORS",
+    "compatible_aggregators",
     "create_model",
+    "default_aggregator",
     "get_component",
     "hookimpl",
     "hookspec",

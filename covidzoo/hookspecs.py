@@ -35,6 +35,8 @@ def register_backbones(register: Any) -> None:
       (input `N x C x H x W`);
     - `input_size`: the default input size, `(D, H, W)` for 3D or `(H, W)` for 2D;
     - `default_cfg` (optional): a dict of the configuration the factory builds by default.
+    - `default_aggregator` (optional): the aggregator `create_model(name, aggregator="auto")`
+      wraps the backbone in; without it, `volume` for 3D and `slice-mean` for 2D.
     """
 
 
@@ -44,7 +46,7 @@ def register_aggregators(register: Any) -> None:
 
     The factory is called as `factory(backbone, **kwargs)` and returns an `nn.Module` that maps
     a batch of scans `B x C x D x H x W` to logits `B x num_classes`. Metadata: `spatial_dims`,
-    the kind of backbone (2 or 3) the aggregator wraps.
+    the kind of backbone (2 or 3) the aggregator wraps; `create_model` refuses the other kind.
     """
 
 

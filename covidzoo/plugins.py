@@ -28,6 +28,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "covidzoo.default_plugins.optimizers",
     "covidzoo.default_plugins.regnet3d",
     "covidzoo.default_plugins.ensemblers",
+    "covidzoo.default_plugins.resdense2d",
+    "covidzoo.default_plugins.aggregators",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
