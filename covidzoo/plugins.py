@@ -26,6 +26,7 @@ from .registry import KIND_HOOKS, Component, Registry
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "covidzoo.default_plugins.commands",
     "covidzoo.default_plugins.optimizers",
+    "covidzoo.default_plugins.data",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME

@@ -67,10 +67,8 @@ class PrepareResult:
 def source_fingerprint(path: Path) -> dict[str, int]:
     """File count, total bytes and newest mtime of a scan (its files, for a folder): what tells
     that a scan changed without reading it."""
-    if path.is_dir():
-        stats = [e.stat() for e in os.scandir(path) if e.is_file()]
-    else:
-        stats = [path.stat()]
+    is_dir = path.is_dir()
+    stats = [e.stat() for e in os.scandir(path) if e.is_file()] if is_dir else [path.stat()]
     return {
         "files": len(stats),
         "bytes": sum(s.st_size for s in stats),
@@ -224,7 +222,8 @@ def prepare_cache(
         if workers == 1 or len(todo) <= 1:
             for record, source, fingerprint in todo:
                 try:
-                    outcome: Any = _build(source, cfg.to_dict(), str(volumes / _volume_name(source)))
+                    target = str(volumes / _volume_name(source))
+                    outcome: Any = _build(source, cfg.to_dict(), target)
                 except Exception as exc:
                     outcome = exc
                 finish(record, source, fingerprint, outcome)

@@ -95,9 +95,10 @@ def _raw_pixels(fp: Any, ds: Any, path: Path) -> np.ndarray | None:
     rows, cols = int(ds.Rows), int(ds.Columns)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     count = frames * rows * cols
-    data = fp.read(min(length, count * bits // 8))
-    if len(data) < count * bits // 8:
-        raise BadInputError(f"{path}: truncated pixel data ({len(data)} of {count * bits // 8} bytes)")
+    size = count * bits // 8
+    data = fp.read(min(length, size))
+    if len(data) < size:
+        raise BadInputError(f"{path}: truncated pixel data ({len(data)} of {size} bytes)")
     signed = int(ds.get("PixelRepresentation", 0)) == 1
     dtype = np.dtype(f"{order}{'i' if signed else 'u'}{bits // 8}")
     array = np.frombuffer(data, dtype=dtype, count=count).reshape(frames, rows, cols)
@@ -123,7 +124,8 @@ def _decoded_pixels(path: Path) -> np.ndarray:
     except Exception as exc:  # pydicom raises RuntimeError/NotImplementedError/ValueError
         name = getattr(syntax, "name", str(syntax))
         if syntax is not None and syntax.is_compressed:
-            raise BadInputError(f"{path}: cannot decode {name} pixel data; {_DECODERS_HINT}") from exc
+            message = f"{path}: cannot decode {name} pixel data; {_DECODERS_HINT}"
+            raise BadInputError(message) from exc
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BadInputError(f"{path}: cannot read pixel data: {reason}") from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -183,8 +185,8 @@ def _order(slices: list[_Slice], warnings: list[str]) -> tuple[list[_Slice], flo
         return slices, _check_steps(steps, slices, warnings)
     fallback = slices[0].thickness or 1.0
     if len(slices) > 1 and all(s.instance is not None for s in slices):
-        warnings.append("no ImagePositionPatient/ImageOrientationPatient: ordered by InstanceNumber")
-        return sorted(slices, key=lambda s: s.instance), fallback  # type: ignore[arg-type, return-value]
+        warnings.append("no ImagePositionPatient/Orientation: ordered by InstanceNumber")
+        return sorted(slices, key=lambda s: int(s.instance or 0)), fallback
     if len(slices) > 1:
         warnings.append("no slice geometry and no InstanceNumber: ordered by file name")
     return sorted(slices, key=lambda s: _natural_key(s.path)), fallback

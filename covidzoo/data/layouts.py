@@ -111,7 +111,9 @@ def _from_manifest(manifest: Path) -> list[ScanRecord]:
     return records
 
 
-def stratified_split(records: list[ScanRecord], val_split: float, seed: int = 0) -> list[ScanRecord]:
+def stratified_split(
+    records: list[ScanRecord], val_split: float, seed: int = 0
+) -> list[ScanRecord]:
     """Move a seeded, per-class fraction `val_split` of the train records to "val"."""
     if not 0.0 < val_split < 1.0:
         raise BadInputError(f"val split must be in (0, 1), got {val_split}")

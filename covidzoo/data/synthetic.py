@@ -120,7 +120,8 @@ def _write_dicom(folder: Path, hu: np.ndarray, seed: int, index: int) -> None:
         ds.file_meta = meta
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.Modality, ds.PatientID, ds.PatientName = "CT", f"DEMO{seed}-{index:04d}", "Demo^Synthetic"
+        ds.Modality, ds.PatientName = "CT", "Demo^Synthetic"
+        ds.PatientID = f"DEMO{seed}-{index:04d}"
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
         ds.ImagePositionPatient = [-(w / 2) * PIXEL_MM, -(h / 2) * PIXEL_MM, k * SLICE_MM]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
