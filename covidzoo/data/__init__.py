@@ -1,13 +1,17 @@
 """The data layer: readers, dataset layouts, preprocessing, the on-disk cache, demo data.
 
-Names are imported on first use, so `import covidzoo.data` costs nothing and does not import
-torch (only `CachedScans`, `prepare_cache` and `preprocess` need it).
+Names are imported on first use, so `import covidzoo.data` imports numpy but not torch (only
+`CachedScans`, `prepare_cache` and a resizing `preprocess` need it).
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
+
+# Imported now: the function `preprocess` must shadow the submodule of the same name, which
+# the import system would otherwise set as this package's attribute on first import.
+from .preprocess import PreprocessConfig, load_scan, preprocess
 
 _EXPORTS = {
     "Volume": "volume",
@@ -16,9 +20,6 @@ _EXPORTS = {
     "read_array": "arrays",
     "read_scan": "readers",
     "scan_format": "readers",
-    "PreprocessConfig": "preprocess",
-    "preprocess": "preprocess",
-    "load_scan": "preprocess",
     "ScanRecord": "layouts",
     "find_scans": "layouts",
     "stratified_split": "layouts",
@@ -32,7 +33,7 @@ _EXPORTS = {
     "DEMO_SHAPE": "synthetic",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "PreprocessConfig", "load_scan", "preprocess"])
 
 
 def __getattr__(name: str) -> Any:

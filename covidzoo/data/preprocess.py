@@ -109,7 +109,8 @@ def _contrast(array: np.ndarray, mode: str) -> np.ndarray:
     if mode == "equalize":
         levels = np.round(array * 255).astype(np.uint8)
         cdf = np.cumsum(np.bincount(levels.ravel(), minlength=256)).astype(np.float32)
-        cdf = (cdf - cdf[0]) / max(cdf[-1] - cdf[0], 1.0)
+        first = cdf[cdf > 0][0]  # the darkest level present maps to 0
+        cdf = np.clip((cdf - first) / max(cdf[-1] - first, 1.0), 0.0, 1.0)
         return cdf[levels]
     return array
 
