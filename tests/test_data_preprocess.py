@@ -37,7 +37,8 @@ def test_config_rejects_bad_values(kwargs, match):
 
 def test_hu_window_maps_lung_range():
     # level -600 width 1500: -1350 HU and below -> 0, 150 HU and above -> 255, -600 -> middle
-    volume = _volume(np.array([-2000, -1350, -600, 150, 3000]).reshape(5, 1, 1) * np.ones((5, 2, 2)))
+    hu = np.array([-2000, -1350, -600, 150, 3000]).reshape(5, 1, 1)
+    volume = _volume(hu * np.ones((5, 2, 2)))
     out = preprocess(volume, PreprocessConfig(size=(5, 2, 2)))
     assert out.dtype == np.uint8 and out[:, 0, 0].tolist() == [0, 0, 128, 255, 255]
 

@@ -11,7 +11,9 @@ from typing import Any
 
 # Imported now: the function `preprocess` must shadow the submodule of the same name, which
 # the import system would otherwise set as this package's attribute on first import.
-from .preprocess import PreprocessConfig, load_scan, preprocess
+from .preprocess import PreprocessConfig as PreprocessConfig
+from .preprocess import load_scan as load_scan
+from .preprocess import preprocess as preprocess
 
 _EXPORTS = {
     "Volume": "volume",
