@@ -104,6 +104,7 @@ def _series_folder(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["data", "inspect", "{tmp}/nothing"], "{tmp}/nothing: no such file or folder"),
     (["data", "inspect", "{tmp}/empty"], "{tmp}/empty: empty folder"),
+    (["data", "inspect", "{tmp}"], "{tmp}: no files, only sub-folders"),
     (["data", "inspect", "{tmp}/bad.dcm"], "{tmp}/bad.dcm: not a readable DICOM file"),
     (["data", "inspect", "{tmp}/flat.npy"], "{tmp}/flat.npy: expected a D x H x W array"),
     (["data", "inspect", "{tmp}/series", "--series", "1.2"], "{tmp}/series: no series 1.2"),

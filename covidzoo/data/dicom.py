@@ -132,7 +132,7 @@ def _decoded_pixels(path: Path) -> np.ndarray:
     return np.asarray(array).reshape(frames, int(ds.Rows), int(ds.Columns))
 
 
-def read_slice_file(path: Path, strict: bool) -> _Slice | None:
+def _read_file(path: Path, strict: bool) -> _Slice | None:
     """One DICOM file; None when it is no image file and `strict` is off (a folder's extras)."""
     import pydicom
 
@@ -258,14 +258,14 @@ def read_dicom(
         n = workers or min(8, (os.cpu_count() or 1) * 2)
         if n > 1 and len(files) > 1:
             with ThreadPoolExecutor(n) as pool:
-                read = list(pool.map(lambda p: read_slice_file(p, strict=False), files))
+                read = list(pool.map(lambda p: _read_file(p, strict=False), files))
         else:
-            read = [read_slice_file(p, strict=False) for p in files]
+            read = [_read_file(p, strict=False) for p in files]
         slices = [s for s in read if s is not None]
         if not slices:
             raise BadInputError(f"{path}: no readable DICOM slices among {len(files)} file(s)")
     elif path.is_file():
-        slices = [read_slice_file(path, strict=True)]  # type: ignore[list-item]
+        slices = [_read_file(path, strict=True)]  # type: ignore[list-item]
     else:
         raise BadInputError(f"{path}: no such file or folder")
     warnings: list[str] = []

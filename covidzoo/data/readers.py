@@ -22,9 +22,12 @@ def scan_format(path: Path) -> str:
         return "array" if path.suffix.lower() in ARRAY_SUFFIXES else "dicom"
     if path.is_dir():
         with os.scandir(path) as entries:
-            names = [e.name for e in entries if e.is_file() and not e.name.startswith(".")]
-        if not names:
+            listed = [e for e in entries if not e.name.startswith(".")]
+        names = [e.name for e in listed if e.is_file()]
+        if not listed:
             raise BadInputError(f"{path}: empty folder")
+        if not names:
+            raise BadInputError(f"{path}: no files, only sub-folders (a scan is one folder)")
         if any(Path(n).suffix.lower() in IMAGE_SUFFIXES for n in names):
             return "slices"
         return "dicom"
