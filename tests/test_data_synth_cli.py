@@ -104,7 +104,7 @@ def _series_folder(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["data", "inspect", "{tmp}/nothing"], "{tmp}/nothing: no such file or folder"),
     (["data", "inspect", "{tmp}/empty"], "{tmp}/empty: empty folder"),
-    (["data", "inspect", "{tmp}"], "{tmp}: no files, only sub-folders"),
+    (["data", "inspect", "{tmp}/nested"], "{tmp}/nested: no files, only sub-folders"),
     (["data", "inspect", "{tmp}/bad.dcm"], "{tmp}/bad.dcm: not a readable DICOM file"),
     (["data", "inspect", "{tmp}/flat.npy"], "{tmp}/flat.npy: expected a D x H x W array"),
     (["data", "inspect", "{tmp}/series", "--series", "1.2"], "{tmp}/series: no series 1.2"),
@@ -118,6 +118,7 @@ def test_cli_bad_input_is_one_line_exit_2(runner, tmp_path, args, message):
     from covidzoo.cli import cli
 
     (tmp_path / "empty").mkdir()
+    (tmp_path / "nested" / "series").mkdir(parents=True)
     (tmp_path / "bad.dcm").write_bytes(b"not dicom at all")
     np.save(tmp_path / "flat.npy", np.zeros((3, 3)))
     (tmp_path / "m.csv").write_text("path,label\nx,sick\n")
