@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "covidzoo.default_plugins.ensemblers",
     "covidzoo.default_plugins.resdense2d",
     "covidzoo.default_plugins.aggregators",
+    "covidzoo.default_plugins.data",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME

@@ -1,0 +1,143 @@
+"""`covidzoo data synth|prepare|inspect`: demo data, the preprocessing cache, scan inspection."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import BadInputError, CovidzooError
+from ._common import print_json, print_table
+
+
+def parse_numbers(text: str, count: int, option: str, kind: type = int) -> tuple:
+    """`"64,224,224"` -> `(64, 224, 224)`; anything else is a one-line `BadInputError`."""
+    try:
+        values = tuple(kind(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != count:
+        raise BadInputError(
+            f"{option} takes {count} comma-separated {kind.__name__}s, got '{text}'"
+        )
+    return values
+
+
+@click.group("data")
+def data() -> None:
+    """Demo data, the preprocessing cache, and scan inspection."""
+
+
+@data.command("synth")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--n", "n", default=64, show_default=True, help="Number of scans (balanced).")
+@click.option("--seed", default=0, show_default=True, help="Random seed: same seed, same data.")
+@click.option("--format", "fmt", default="jpg", show_default=True, help="dicom or jpg.")
+@click.option("--shape", default="40,128,128", show_default=True, help="Native D,H,W per scan.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def synth(out: Path, n: int, seed: int, fmt: str, shape: str, as_json: bool) -> None:
+    """Write synthetic chest CT scans to OUT in the COV19-CT-DB layout.
+
+    OUT/{train,val}/{covid,non-covid}/SCAN, as DICOM series or JPG-slice folders; covid scans
+    carry ground-glass opacities in the lung periphery.
+    """
+    from ..data.layouts import find_scans
+    from ..data.synthetic import synthesize
+
+    path = synthesize(out, n=n, seed=seed, fmt=fmt, shape=parse_numbers(shape, 3, "--shape"))
+    records = find_scans(path)
+    summary = {
+        "path": str(path),
+        "format": fmt,
+        "scans": len(records),
+        "covid": sum(r.label == 1 for r in records),
+        "val": sum(r.split == "val" for r in records),
+    }
+    if as_json:
+        print_json(summary)
+    else:
+        click.echo(
+            f"Wrote {summary['scans']} {fmt} scans ({summary['covid']} covid, "
+            f"{summary['val']} in val) to {path}"
+        )
+
+
+@data.command("prepare")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Cache folder.")
+@click.option("--size", default="64,224,224", show_default=True, help="Output D,H,W.")
+@click.option("--window", default="-600,1500", show_default=True, help="HU window level,width.")
+@click.option("--crop-slices", default=0.0, show_default=True,
+              help="Fraction of slices dropped at each end.")
+@click.option("--crop-border", default=0.0, show_default=True,
+              help="Fraction of rows/columns dropped at each side.")
+@click.option("--contrast", default="none", show_default=True, help="none, stretch or equalize.")
+@click.option("--val-split", type=float, help="Move this stratified fraction of train to val.")
+@click.option("--seed", default=0, show_default=True, help="Seed of --val-split.")
+@click.option("--workers", default=1, show_default=True, help="Processes building scans.")
+@click.option("--strict", is_flag=True, help="Stop at the first scan that fails.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def prepare(root: Path, out: Path, size: str, window: str, crop_slices: float, crop_border: float,
+            contrast: str, val_split: float | None, seed: int, workers: int, strict: bool,
+            no_progress: bool, as_json: bool) -> None:
+    """Preprocess every scan of ROOT once into the cache OUT (re-runs skip finished scans).
+
+    ROOT is a data folder ({train,val}/{covid,non-covid}/SCAN) or a CSV manifest
+    (path,label[,split]). Scans that fail are listed with their reason and skipped.
+    """
+    from ..data.cache import prepare_cache
+    from ..data.layouts import find_scans
+    from ..data.preprocess import PreprocessConfig
+
+    cfg = PreprocessConfig(
+        size=parse_numbers(size, 3, "--size"),
+        window=parse_numbers(window, 2, "--window", float),
+        crop_slices=crop_slices, crop_border=crop_border, contrast=contrast,
+    )
+    is_manifest = root.suffix.lower() == ".csv"
+    records = find_scans(
+        root=None if is_manifest else root, manifest=root if is_manifest else None,
+        val_split=val_split, seed=seed,
+    )
+    result = prepare_cache(records, out, cfg, workers=workers, strict=strict,
+                           progress=not no_progress and not as_json)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        click.echo(
+            f"{len(result.done)} built, {len(result.skipped)} up to date, "
+            f"{len(result.failed)} failed in {result.seconds:.1f} s "
+            f"({result.scans_per_s:.2f} scans/s, {workers} worker(s)) -> {out}"
+        )
+        if result.failed:
+            print_table("Failed scans", ["scan", "reason"], result.failed)
+    if result.failed and not result.done and not result.skipped:
+        raise CovidzooError(f"every scan failed ({len(result.failed)}); first: "
+                            f"{result.failed[0][1]}")
+
+
+@data.command("inspect")
+@click.argument("scan", type=click.Path(path_type=Path))
+@click.option("--series", help="SeriesInstanceUID to read when a folder holds several.")
+@click.option("--png", type=click.Path(path_type=Path),
+              help="Write axial/coronal/sagittal mid-slices to this PNG.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def inspect(scan: Path, series: str | None, png: Path | None, as_json: bool) -> None:
+    """Describe one scan: format, series, shape, spacing, value range, ordering warnings."""
+    from ..data.readers import read_scan
+
+    volume = read_scan(scan, series=series)
+    summary = volume.summary()
+    if png is not None:
+        from ..data.montage import montage
+
+        png.parent.mkdir(parents=True, exist_ok=True)
+        montage(volume).save(png)  # type: ignore[attr-defined]
+        summary["png"] = str(png)
+    if as_json:
+        print_json(summary)
+        return
+    rows = [(k, v) for k, v in summary.items() if k != "warnings"]
+    rows += [("warning", w) for w in summary["warnings"]]
+    print_table(None, ["field", "value"], rows)

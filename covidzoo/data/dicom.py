@@ -1,0 +1,306 @@
+"""Read a DICOM series (a folder of single-slice files, or one multi-frame file) into a `Volume`.
+
+Why not `pixel_array` in a loop: for uncompressed transfer syntaxes the pixel bytes *are* the
+array, so this reader parses each header only up to the pixel data (`stop_before_pixels`),
+reads the raw bytes right after it and views them with numpy (`frombuffer` with the dtype that
+BitsAllocated, PixelRepresentation and the byte order give). Rescale slope and intercept are
+applied to the whole stack at once, and files are read by a thread pool. Compressed transfer
+syntaxes go through pydicom's decoders (pylibjpeg, installed by the `covidzoo[dicom]` extra).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import BadInputError
+from .volume import Volume
+
+_PIXEL_DATA = (0x7FE0, 0x0010)
+_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UN", b"UC", b"UR", b"UT"}
+_RAW_SYNTAXES = {
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still met)
+}
+_DECODERS_HINT = (
+    "install the decoders: pip install 'covidzoo[dicom]' "
+    "(pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
+)
+
+
+@dataclass
+class _Slice:
+    """What the reader keeps of one file: the geometry, the rescale, and the raw pixels."""
+
+    path: Path
+    series_uid: str
+    position: tuple[float, ...] | None
+    orientation: tuple[float, ...] | None
+    pixel_spacing: tuple[float, float] | None
+    instance: int | None
+    slope: float
+    intercept: float
+    thickness: float | None
+    pixels: np.ndarray  # frames x rows x cols, stored (raw) values
+
+
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _number(value: Any, default: float | None) -> float | None:
+    try:
+        return default if value is None or value == "" else float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _raw_pixels(fp: Any, ds: Any, path: Path) -> np.ndarray | None:
+    """The pixel data that follows the header in `fp`, viewed with numpy; None: use pydicom.
+
+    `fp` is positioned where `dcmread(stop_before_pixels=True)` stopped: at the next element.
+    """
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if syntax not in _RAW_SYNTAXES:
+        return None
+    bits = int(ds.get("BitsAllocated", 0))
+    if int(ds.get("SamplesPerPixel", 1)) != 1 or bits not in (8, 16, 32):
+        return None
+    little = syntax != "1.2.840.10008.1.2.2"
+    order = "<" if little else ">"
+    head = fp.read(8)
+    if len(head) < 8 or struct.unpack(order + "HH", head[:4]) != _PIXEL_DATA:
+        raise BadInputError(f"{path}: DICOM file without pixel data")
+    if syntax == "1.2.840.10008.1.2":
+        (length,) = struct.unpack("<I", head[4:8])
+    elif head[4:6] in _LONG_VRS:
+        (length,) = struct.unpack(order + "I", fp.read(4))
+    else:
+        (length,) = struct.unpack(order + "H", head[6:8])
+    if length == 0xFFFFFFFF:  # encapsulated, although the syntax says native
+        return None
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    count = frames * rows * cols
+    size = count * bits // 8
+    data = fp.read(min(length, size))
+    if len(data) < size:
+        raise BadInputError(f"{path}: truncated pixel data ({len(data)} of {size} bytes)")
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    dtype = np.dtype(f"{order}{'i' if signed else 'u'}{bits // 8}")
+    array = np.frombuffer(data, dtype=dtype, count=count).reshape(frames, rows, cols)
+    stored = int(ds.get("BitsStored", bits))
+    if signed and stored < bits:  # sign-extend from the stored bit depth, as pydicom does
+        shift = bits - stored
+        array = (array.astype(dtype.newbyteorder("=")) << shift) >> shift
+    return array
+
+
+def _decoded_pixels(path: Path) -> np.ndarray:
+    """Pixels through pydicom's own handlers (compressed or unusual files)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    if "PixelData" not in ds:
+        raise BadInputError(f"{path}: DICOM file without pixel data")
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
+        raise BadInputError(f"{path}: colour DICOM ({ds.SamplesPerPixel} samples per pixel)")
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    try:
+        array = ds.pixel_array
+    except Exception as exc:  # pydicom raises RuntimeError/NotImplementedError/ValueError
+        name = getattr(syntax, "name", str(syntax))
+        if syntax is not None and syntax.is_compressed:
+            message = f"{path}: cannot decode {name} pixel data; {_DECODERS_HINT}"
+            raise BadInputError(message) from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInputError(f"{path}: cannot read pixel data: {reason}") from exc
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    return np.asarray(array).reshape(frames, int(ds.Rows), int(ds.Columns))
+
+
+def _read_file(path: Path, strict: bool) -> _Slice | None:
+    """One DICOM file; None when it is no image file and `strict` is off (a folder's extras)."""
+    import pydicom
+
+    try:
+        with open(path, "rb") as fp:
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            if "Rows" not in ds or "Columns" not in ds:
+                if strict:
+                    raise BadInputError(f"{path}: DICOM file without an image")
+                return None
+            pixels = _raw_pixels(fp, ds, path)
+    except BadInputError:
+        raise
+    except Exception as exc:  # InvalidDicomError, EOFError, struct.error, OSError, ...
+        if strict or path.suffix.lower() == ".dcm":
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BadInputError(f"{path}: not a readable DICOM file ({reason})") from exc
+        return None
+    if pixels is None:
+        pixels = _decoded_pixels(path)
+    spacing = _floats(ds.get("PixelSpacing"), 2)
+    instance = ds.get("InstanceNumber")
+    return _Slice(
+        path=path,
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        position=_floats(ds.get("ImagePositionPatient"), 3),
+        orientation=_floats(ds.get("ImageOrientationPatient"), 6),
+        pixel_spacing=spacing if spacing is None else (spacing[0], spacing[1]),
+        instance=None if instance in (None, "") else int(instance),
+        slope=_number(ds.get("RescaleSlope"), 1.0) or 1.0,
+        intercept=_number(ds.get("RescaleIntercept"), 0.0) or 0.0,
+        thickness=_number(ds.get("SpacingBetweenSlices", ds.get("SliceThickness")), None),
+        pixels=pixels,
+    )
+
+
+def _natural_key(path: Path) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
+
+
+def _order(slices: list[_Slice], warnings: list[str]) -> tuple[list[_Slice], float]:
+    """Slices sorted along the slice normal, and the slice spacing measured from positions."""
+    if all(s.position is not None and s.orientation is not None for s in slices):
+        iop = np.asarray(slices[0].orientation)
+        normal = np.cross(iop[:3], iop[3:])
+        where = np.array([float(np.dot(s.position, normal)) for s in slices])  # type: ignore[arg-type]
+        order = np.argsort(where, kind="stable")
+        slices = [slices[i] for i in order]
+        steps = np.diff(where[order])
+        return slices, _check_steps(steps, slices, warnings)
+    fallback = slices[0].thickness or 1.0
+    if len(slices) > 1 and all(s.instance is not None for s in slices):
+        warnings.append("no ImagePositionPatient/Orientation: ordered by InstanceNumber")
+        return sorted(slices, key=lambda s: int(s.instance or 0)), fallback
+    if len(slices) > 1:
+        warnings.append("no slice geometry and no InstanceNumber: ordered by file name")
+    return sorted(slices, key=lambda s: _natural_key(s.path)), fallback
+
+
+def _check_steps(steps: np.ndarray, slices: list[_Slice], warnings: list[str]) -> float:
+    if steps.size == 0:
+        return slices[0].thickness or 1.0
+    duplicates = int(np.sum(steps < 1e-3))
+    moving = steps[steps >= 1e-3]
+    if duplicates:
+        warnings.append(f"{duplicates} duplicate slice position(s)")
+    if moving.size == 0:
+        return slices[0].thickness or 1.0
+    step = float(np.median(moving))
+    gaps = int(np.sum(moving > 1.5 * step))
+    if gaps:
+        warnings.append(f"{gaps} gap(s) in slice positions (spacing {step:.3g} mm)")
+    elif float(moving.max() - moving.min()) > 0.05 * step:
+        warnings.append(
+            f"uneven slice spacing ({moving.min():.3g} to {moving.max():.3g} mm)"
+        )
+    return step
+
+
+def _pick_series(slices: list[_Slice], series: str | None, folder: Path,
+                 warnings: list[str]) -> tuple[str, list[_Slice]]:
+    groups: dict[str, list[_Slice]] = {}
+    for s in slices:
+        groups.setdefault(s.series_uid, []).append(s)
+    if series is not None:
+        if series not in groups:
+            raise BadInputError(
+                f"{folder}: no series {series}; found {', '.join(sorted(groups))}"
+            )
+        return series, groups[series]
+    uid = max(groups, key=lambda u: (len(groups[u]), u))
+    if len(groups) > 1:
+        others = ", ".join(f"{u} ({len(g)})" for u, g in sorted(groups.items()) if u != uid)
+        warnings.append(
+            f"{len(groups)} series in folder; read {uid} ({len(groups[uid])} slices, the "
+            f"largest); others: {others}"
+        )
+    return uid, groups[uid]
+
+
+def list_dicom_files(folder: Path) -> list[Path]:
+    """Candidate files of a folder: every regular file but hidden ones (DICOM has no fixed
+    extension; files that do not parse are skipped later)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+def read_dicom(
+    path: str | os.PathLike[str], series: str | None = None, workers: int | None = None
+) -> Volume:
+    """Read a DICOM series folder (or one DICOM file) into a HU `Volume`.
+
+    In a folder, files that are not DICOM are ignored, except a `.dcm` file that does not
+    parse, which is an error. Several series: the one with the most slices is read (and a
+    warning says so) unless `series` names a SeriesInstanceUID. Slices are ordered by
+    ImagePositionPatient projected on the slice normal, by InstanceNumber only when geometry is
+    missing. `workers` threads read the files (default: up to 8).
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = list_dicom_files(path)
+        if not files:
+            raise BadInputError(f"{path}: empty folder")
+        n = workers or min(8, (os.cpu_count() or 1) * 2)
+        if n > 1 and len(files) > 1:
+            with ThreadPoolExecutor(n) as pool:
+                read = list(pool.map(lambda p: _read_file(p, strict=False), files))
+        else:
+            read = [_read_file(p, strict=False) for p in files]
+        slices = [s for s in read if s is not None]
+        if not slices:
+            raise BadInputError(f"{path}: no readable DICOM slices among {len(files)} file(s)")
+    elif path.is_file():
+        slices = [_read_file(path, strict=True)]  # type: ignore[list-item]
+    else:
+        raise BadInputError(f"{path}: no such file or folder")
+    warnings: list[str] = []
+    uid, slices = _pick_series(slices, series, path, warnings)
+    return _assemble(slices, uid, path, warnings)
+
+
+def _assemble(slices: Sequence[_Slice], uid: str, source: Path, warnings: list[str]) -> Volume:
+    shape = slices[0].pixels.shape[1:]
+    for s in slices:
+        if s.pixels.shape[1:] != shape:
+            raise BadInputError(
+                f"{s.path}: slice size {s.pixels.shape[1]}x{s.pixels.shape[2]} differs from "
+                f"the series' {shape[0]}x{shape[1]}"
+            )
+    if len(slices) > 1 and any(s.pixels.shape[0] != 1 for s in slices):
+        raise BadInputError(f"{source}: a multi-frame file mixed with other files in one series")
+    ordered, dz = _order(list(slices), warnings)
+    if len(ordered) == 1 and ordered[0].pixels.shape[0] > 1:
+        warnings.append("multi-frame file: frames taken in stored order")
+    depth = sum(s.pixels.shape[0] for s in ordered)
+    out = np.empty((depth, *shape), dtype=np.float32)
+    slopes = np.empty(depth, dtype=np.float32)
+    intercepts = np.empty(depth, dtype=np.float32)
+    i = 0
+    for s in ordered:
+        k = s.pixels.shape[0]
+        out[i:i + k] = s.pixels
+        slopes[i:i + k], intercepts[i:i + k] = s.slope, s.intercept
+        i += k
+    if np.any(slopes != 1):
+        out *= slopes[:, None, None]
+    if np.any(intercepts != 0):
+        out += intercepts[:, None, None]
+    dy, dx = ordered[0].pixel_spacing or (1.0, 1.0)
+    if ordered[0].pixel_spacing is None:
+        warnings.append("no PixelSpacing: assumed 1 mm")
+    return Volume(out, (float(dz), float(dy), float(dx)), str(source), "dicom", warnings, uid)

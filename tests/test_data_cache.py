@@ -1,0 +1,97 @@
+"""The preprocessing cache: build, reuse, rebuild on change, failures, atomic writes, Dataset."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from covidzoo.data import CachedScans, PreprocessConfig, ScanRecord, prepare_cache
+from covidzoo.data import cache as cache_module
+from covidzoo.errors import BadInputError
+
+CFG = PreprocessConfig(size=(4, 8, 8))
+
+
+def _records(tmp_path, n=3):
+    records = []
+    for i in range(n):
+        path = tmp_path / "src" / f"s{i}.npy"
+        path.parent.mkdir(exist_ok=True)
+        np.save(path, np.full((6, 10, 10), -600 + 100 * i, dtype=np.int16))
+        records.append(ScanRecord(path, i % 2, "val" if i == 0 else "train"))
+    return records
+
+
+def test_build_reuse_and_dataset(tmp_path):
+    records = _records(tmp_path)
+    result = prepare_cache(records, tmp_path / "c", CFG, progress=False)
+    assert len(result.done) == 3 and not result.skipped and not result.failed
+    again = prepare_cache(records, tmp_path / "c", CFG, progress=False)
+    assert len(again.skipped) == 3 and not again.done
+    train = CachedScans(tmp_path / "c", split="train")
+    assert len(train) == 2 and train.labels == [1, 0] and train.config == CFG
+    x, y = train[0]
+    assert x.dtype == torch.uint8 and x.shape == (1, 4, 8, 8) and y == 1
+    assert int(x[0, 0, 0, 0]) == 145  # -500 HU through the lung window
+    assert len(CachedScans(tmp_path / "c")) == 3
+
+
+def test_rebuild_on_config_or_source_change(tmp_path):
+    records = _records(tmp_path)
+    prepare_cache(records, tmp_path / "c", CFG, progress=False)
+    bigger = PreprocessConfig(size=(4, 6, 6))
+    assert len(prepare_cache(records, tmp_path / "c", bigger, progress=False).done) == 3
+    assert CachedScans(tmp_path / "c")[0][0].shape == (1, 4, 6, 6)
+    np.save(records[1].path, np.zeros((6, 10, 12), dtype=np.int16))
+    os.utime(records[1].path, ns=(1, 1))
+    result = prepare_cache(records, tmp_path / "c", bigger, progress=False)
+    assert result.done == [str(records[1].path.resolve())] and len(result.skipped) == 2
+
+
+def test_failures_listed_skipped_or_strict(tmp_path):
+    records = _records(tmp_path)
+    np.save(records[2].path, np.zeros((3, 3)))
+    records.append(ScanRecord(tmp_path / "gone", 0, "train"))
+    result = prepare_cache(records, tmp_path / "c", CFG, progress=False)
+    reasons = dict(result.failed)
+    assert len(result.done) == 2 and len(reasons) == 2
+    assert "s2.npy: expected a D x H x W array" in reasons[str(records[2].path.resolve())]
+    with pytest.raises(BadInputError, match="s2.npy"):
+        prepare_cache(records[:3], tmp_path / "strict", CFG, progress=False, strict=True)
+
+
+def test_dropped_scans_are_pruned(tmp_path):
+    records = _records(tmp_path)
+    prepare_cache(records, tmp_path / "c", CFG, progress=False)
+    prepare_cache(records[:1], tmp_path / "c", CFG, progress=False)
+    assert len(list((tmp_path / "c" / "volumes").iterdir())) == 1
+    assert len(json.loads((tmp_path / "c" / "index.json").read_text())["entries"]) == 1
+
+
+def test_interrupted_write_leaves_no_file(tmp_path, monkeypatch):
+    records = _records(tmp_path, n=1)
+
+    def half_write(f, array, allow_pickle):
+        f.write(b"\x93NUMPY partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cache_module.np, "save", half_write)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cache(records, tmp_path / "c", CFG, progress=False)
+    assert list((tmp_path / "c" / "volumes").iterdir()) == []
+    assert not (tmp_path / "c" / "index.json").exists()
+
+
+def test_two_workers(tmp_path):
+    records = _records(tmp_path, n=2)
+    result = prepare_cache(records, tmp_path / "c", CFG, workers=2, progress=False)
+    assert len(result.done) == 2 and result.workers == 2
+
+
+def test_not_a_cache(tmp_path):
+    with pytest.raises(BadInputError, match="not a covidzoo cache"):
+        CachedScans(tmp_path)

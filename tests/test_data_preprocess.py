@@ -1,0 +1,115 @@
+"""Preprocessing config and steps; dataset layouts and manifests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from covidzoo.data import PreprocessConfig, Volume, find_scans, preprocess
+from covidzoo.errors import BadInputError
+
+
+def _volume(array, intensity="hu"):
+    return Volume(np.asarray(array, np.float32), (1.0, 1.0, 1.0), "x", "array",
+                  intensity=intensity)
+
+
+def test_config_defaults_and_round_trip():
+    cfg = PreprocessConfig()
+    assert cfg.size == (64, 224, 224) and cfg.window == (-600.0, 1500.0)
+    other = PreprocessConfig(size=[8, 16, 16], crop_slices=0.1, contrast="equalize")
+    assert PreprocessConfig.from_dict(other.to_dict()) == other
+    assert other.digest() != cfg.digest()
+    with pytest.raises(BadInputError, match="unknown preprocessing option"):
+        PreprocessConfig.from_dict({"sise": [1, 2, 3]})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"size": (1, 2)}, "size must be"),
+    ({"window": (0, 0)}, "width > 0"),
+    ({"crop_border": 0.5}, "crop_border"),
+    ({"contrast": "clahe"}, "unknown contrast 'clahe'"),
+])
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(BadInputError, match=match):
+        PreprocessConfig(**kwargs)
+
+
+def test_hu_window_maps_lung_range():
+    # level -600 width 1500: -1350 HU and below -> 0, 150 HU and above -> 255, -600 -> middle
+    hu = np.array([-2000, -1350, -600, 150, 3000]).reshape(5, 1, 1)
+    volume = _volume(hu * np.ones((5, 2, 2)))
+    out = preprocess(volume, PreprocessConfig(size=(5, 2, 2)))
+    assert out.dtype == np.uint8 and out[:, 0, 0].tolist() == [0, 0, 128, 255, 255]
+
+
+def test_uint8_input_passes_through():
+    values = np.arange(0, 250, 10).reshape(25, 1, 1) * np.ones((25, 2, 2))
+    out = preprocess(_volume(values, "uint8"), PreprocessConfig(size=(25, 2, 2)))
+    assert out[:, 1, 1].tolist() == list(range(0, 250, 10))
+
+
+def test_crop_then_resize():
+    array = np.zeros((10, 20, 20))
+    array[0] = array[-1] = 1000  # slices that the crop removes
+    array[:, :2] = array[:, :, :2] = 1000  # borders that the crop removes
+    cfg = PreprocessConfig(size=(4, 8, 8), crop_slices=0.1, crop_border=0.1)
+    out = preprocess(_volume(array), cfg)
+    assert out.shape == (4, 8, 8) and np.all(out == out[0, 0, 0])
+
+
+def test_contrast_stretch_and_equalize_use_full_range():
+    rng = np.random.default_rng(0)
+    array = rng.uniform(-700, -500, (4, 16, 16))
+    for mode in ("stretch", "equalize"):
+        out = preprocess(_volume(array), PreprocessConfig(size=(4, 16, 16), contrast=mode))
+        assert out.min() <= 5 and out.max() >= 250, mode
+
+
+def _scan(path):
+    path.mkdir(parents=True)
+    (path / "0.jpg").write_bytes(b"")
+
+
+def test_folder_layout_case_insensitive(tmp_path):
+    for split, cls, name in [("Train", "COVID", "a"), ("Train", "non-covid", "b"),
+                             ("val", "Non-Covid", "c"), ("test", None, "d")]:
+        _scan(tmp_path / split / cls / name if cls else tmp_path / split / name)
+    records = find_scans(tmp_path)
+    got = {(r.path.name, r.label, r.split) for r in records}
+    assert got == {("a", 1, "train"), ("b", 0, "train"), ("c", 0, "val"), ("d", None, "test")}
+
+
+def test_flat_layout_stratified_split(tmp_path):
+    for i in range(8):
+        _scan(tmp_path / ("covid" if i % 2 else "non-covid") / f"s{i}")
+    records = find_scans(tmp_path, val_split=0.25, seed=1)
+    val = [r for r in records if r.split == "val"]
+    assert sorted(r.label for r in val) == [0, 1]
+    assert records == find_scans(tmp_path, val_split=0.25, seed=1)
+    with pytest.raises(BadInputError, match="val split must be in"):
+        find_scans(tmp_path, val_split=1.5)
+
+
+def test_no_scans_found(tmp_path):
+    with pytest.raises(BadInputError, match="no scans found"):
+        find_scans(tmp_path)
+
+
+def test_manifest(tmp_path):
+    (tmp_path / "m.csv").write_text("path,label,split\na,covid,train\nb,0,val\nc,,test\n")
+    records = find_scans(manifest=tmp_path / "m.csv")
+    assert [(r.path, r.label, r.split) for r in records] == [
+        (tmp_path / "c", None, "test"), (tmp_path / "a", 1, "train"), (tmp_path / "b", 0, "val")
+    ]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("file,label\na,1\n", "missing column"),
+    ("path,label\na,maybe\n", r"m\.csv:2: unknown label 'maybe'"),
+    ("path,label\n", "lists no scans"),
+])
+def test_bad_manifest(tmp_path, text, match):
+    (tmp_path / "m.csv").write_text(text)
+    with pytest.raises(BadInputError, match=match):
+        find_scans(manifest=tmp_path / "m.csv")
