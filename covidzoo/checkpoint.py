@@ -1,0 +1,238 @@
+"""Checkpoints: `.safetensors` files that carry their own model configuration.
+
+A checkpoint holds the model's tensors and, in the safetensors metadata under the key
+`covidzoo`, a JSON document with the backbone's registry name, the keyword arguments that
+rebuild it, the aggregator, the preprocessing, the decision threshold and the covidzoo version.
+`load_checkpoint(path)` rebuilds the model from the file alone. Nothing is ever unpickled.
+
+Training state for `--resume` (optimizer, grad scaler, scheduler, RNG) lives beside the model
+in `NAME.state.safetensors` (tensors) and `NAME.state.json` (everything else).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import BadInputError
+
+METADATA_KEY = "covidzoo"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to rebuild a model and to feed it: stored in every checkpoint."""
+
+    backbone: str
+    model_args: dict[str, Any] = field(default_factory=dict)
+    aggregator: str | None = None
+    aggregator_args: dict[str, Any] = field(default_factory=dict)
+    preprocess: dict[str, Any] = field(default_factory=dict)
+    threshold: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> Any:
+        """A fresh, randomly initialised model of this spec (through the registry)."""
+        from . import create_model
+
+        return create_model(
+            self.backbone,
+            aggregator=self.aggregator,
+            aggregator_args=dict(self.aggregator_args),
+            **self.model_args,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "covidzoo_version": __version__,
+            "backbone": self.backbone,
+            "model_args": self.model_args,
+            "aggregator": self.aggregator,
+            "aggregator_args": self.aggregator_args,
+            "preprocess": self.preprocess,
+            "threshold": self.threshold,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        return cls(
+            backbone=data["backbone"],
+            model_args=dict(data.get("model_args") or {}),
+            aggregator=data.get("aggregator"),
+            aggregator_args=dict(data.get("aggregator_args") or {}),
+            preprocess=dict(data.get("preprocess") or {}),
+            threshold=data.get("threshold"),
+            extra=dict(data.get("extra") or {}),
+        )
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+    """Call `write(tmp_path)` then rename onto `path`: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def unwrap_model(model: Any) -> Any:
+    """The plain module inside DistributedDataParallel and `torch.compile` wrappers."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            return model
+        model = inner
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: Any, spec: ModelSpec) -> Path:
+    """Write `model`'s weights and `spec` to `path` atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in unwrap_model(model).state_dict().items()}
+    metadata = {METADATA_KEY: json.dumps(spec.to_dict())}
+    return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse anything that is not a safetensors file before a library gets to parse it."""
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such checkpoint file")
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise BadInputError(
+            f"{path}: a pickle (torch.save) file; refused, covidzoo never unpickles checkpoints"
+        )
+    if len(head) < 9 or head[8:9] != b"{":
+        raise BadInputError(f"{path}: not a safetensors file")
+
+
+def read_spec(path: str | os.PathLike[str]) -> ModelSpec:
+    """The `ModelSpec` stored in a checkpoint, without loading its tensors."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    _check_safetensors(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+    except Exception as exc:
+        raise BadInputError(f"{path}: unreadable safetensors file ({exc})") from exc
+    if METADATA_KEY not in metadata:
+        raise BadInputError(f"{path}: a safetensors file, but not a covidzoo checkpoint")
+    try:
+        return ModelSpec.from_dict(json.loads(metadata[METADATA_KEY]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadInputError(f"{path}: corrupt covidzoo metadata ({exc})") from exc
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: Any = "cpu") -> tuple[Any, ModelSpec]:
+    """Rebuild the model stored in `path` with its weights; returns `(model, spec)`."""
+    from safetensors.torch import load_file
+
+    spec = read_spec(path)
+    model = spec.build()
+    state = load_file(str(path), device=str(device))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise BadInputError(
+            f"{path}: weights do not fit model '{spec.backbone}'"
+            f" (missing {len(missing)}, unexpected {len(unexpected)}, e.g."
+            f" {(list(missing) + list(unexpected))[0]})"
+        )
+    return model.to(device), spec
+
+
+# --- training state for --resume ---------------------------------------------------------------
+
+
+def _split_tensors(obj: Any, prefix: str, tensors: dict[str, Any]) -> Any:
+    """Replace every tensor in a nested structure by a `{"__tensor__": key}` reference."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().contiguous().cpu()
+        return {"__tensor__": prefix}
+    if isinstance(obj, Mapping):
+        if any(not isinstance(k, (str, int)) for k in obj):
+            raise TypeError(f"cannot store keys of {prefix}")
+        return {
+            "__dict__": [
+                [k, _split_tensors(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()
+            ]
+        }
+    if isinstance(obj, (list, tuple)):
+        items = [_split_tensors(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        return _split_tensors(torch.from_numpy(obj.copy()), prefix, tensors) | {
+            "__numpy__": True
+        }
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot store {type(obj).__name__} at {prefix}")
+
+
+def _join_tensors(obj: Any, tensors: Mapping[str, Any]) -> Any:
+    if isinstance(obj, dict):
+        if "__tensor__" in obj:
+            tensor = tensors[obj["__tensor__"]]
+            return tensor.numpy() if obj.get("__numpy__") else tensor
+        if "__dict__" in obj:
+            return {k: _join_tensors(v, tensors) for k, v in obj["__dict__"]}
+        if "__tuple__" in obj:
+            return tuple(_join_tensors(v, tensors) for v in obj["__tuple__"])
+    if isinstance(obj, list):
+        return [_join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+def state_paths(checkpoint: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """Where the resume state of `checkpoint` lives: (tensors file, JSON file)."""
+    base = Path(checkpoint)
+    stem = base.name.removesuffix(".safetensors")
+    return base.with_name(f"{stem}.state.safetensors"), base.with_name(f"{stem}.state.json")
+
+
+def save_state(checkpoint: str | os.PathLike[str], state: Mapping[str, Any]) -> None:
+    """Store a nested training state (optimizer/scaler/scheduler state dicts, RNG) without pickle."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Any] = {}
+    skeleton = _split_tensors(dict(state), "s", tensors)
+    tensor_path, json_path = state_paths(checkpoint)
+    atomic_write(tensor_path, lambda tmp: save_file(tensors, tmp))
+    atomic_write_text(json_path, json.dumps(skeleton))
+
+
+def load_state(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
+    """The training state saved by `save_state` beside `checkpoint`."""
+    from safetensors.torch import load_file
+
+    tensor_path, json_path = state_paths(checkpoint)
+    if not (tensor_path.is_file() and json_path.is_file()):
+        raise BadInputError(f"{checkpoint}: no training state beside it to resume from")
+    return _join_tensors(json.loads(json_path.read_text()), load_file(str(tensor_path)))
