@@ -29,6 +29,7 @@ _EXPORTS = {
     "PrepareResult": "cache",
     "prepare_cache": "cache",
     "read_index": "cache",
+    "cache_dir_for": "cache",
     "synthesize": "synthetic",
     "demo_data": "synthetic",
     "cache_root": "synthetic",

@@ -324,3 +324,17 @@ class CachedScans(Dataset):
     def sources(self) -> list[str]:
         """Every scan's source path, in dataset order."""
         return [e["source"] for e in self.entries]
+
+
+def cache_dir_for(source: str | os.PathLike[str], cfg: PreprocessConfig) -> Path:
+    """The cache folder that `train`, `evaluate` and `ensemble` use for a data source.
+
+    One folder per (source, preprocessing) pair under the user cache directory: a cache mirrors
+    the records it was prepared from, so two data sets or two configs must not share one.
+    """
+    import hashlib
+
+    from .synthetic import cache_root
+
+    key = json.dumps([str(source), cfg.to_dict()], sort_keys=True)
+    return cache_root() / "prepared" / hashlib.sha1(key.encode()).hexdigest()[:16]

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import covidzoo
+from covidzoo.fold import count_batchnorms, fold_batchnorm, max_fold_error
+
+
+def trained_stats(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Run a few train-mode passes so BatchNorm running statistics are not the identity."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x * 3 + 1)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    ("name", "aggregator", "shape", "kwargs", "left"),
+    [
+        ("regnet3d", "volume", (2, 1, 16, 32, 32), {"depths": [1, 1, 1, 1],
+                                                   "zero_init_last": False}, 0),
+        ("tiny3d", "flip-mean", (2, 1, 16, 32, 32), {}, 0),
+        # densenet's BatchNorms come before their convs (pre-activation): they stay.
+        ("resdense2d", "slice-mean", (1, 1, 3, 64, 64), {"backbones": "resnet18,densenet121"},
+         120),
+    ],
+)
+def test_folding_is_exact_and_removes_the_batchnorms(name, aggregator, shape, kwargs, left):
+    x = torch.randn(*shape)
+    model = trained_stats(covidzoo.create_model(name, aggregator=aggregator, **kwargs), x)
+    before = count_batchnorms(model)
+    folded = fold_batchnorm(model)
+    assert count_batchnorms(folded) == left < before
+    assert count_batchnorms(model) == before  # the original is untouched
+    assert max_fold_error(model, folded, x) < 1e-5
+
+
+def test_sequential_pairs_fold_and_other_orders_do_not():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.BatchNorm2d(4))
+    folded = fold_batchnorm(trained_stats(model, torch.randn(2, 1, 8, 8)))
+    assert isinstance(folded[1], nn.Identity) and isinstance(folded[3], nn.BatchNorm2d)
+    assert max_fold_error(model, folded, torch.randn(2, 1, 8, 8)) < 1e-5
