@@ -80,7 +80,8 @@ def resolve_precision(
         auto_name, auto_cl = entry
         return Precision(auto_name, auto_cl if channels_last is None else channels_last)
     if name not in PRECISIONS:
-        raise BadInputError(f"unknown precision '{name}'; choose from auto, {', '.join(PRECISIONS)}")
+        choices = ", ".join(PRECISIONS)
+        raise BadInputError(f"unknown precision '{name}'; choose from auto, {choices}")
     if name == "fp16" and device.type == "cpu":
         raise BadInputError("--precision fp16 needs a CUDA device; on the CPU use fp32 or bf16")
     return Precision(name, bool(channels_last))

@@ -218,7 +218,7 @@ def state_paths(checkpoint: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 def save_state(checkpoint: str | os.PathLike[str], state: Mapping[str, Any]) -> None:
-    """Store a nested training state (optimizer/scaler/scheduler state dicts, RNG) without pickle."""
+    """Store a nested training state (optimizer, scaler, scheduler, RNG) without pickle."""
     from safetensors.torch import save_file
 
     tensors: dict[str, Any] = {}

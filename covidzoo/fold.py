@@ -51,7 +51,7 @@ def _fold(module: nn.Module) -> None:
         _fold_into(module, conv_name, bn_name)
     if isinstance(module, nn.Sequential):
         names = [name for name, _ in module.named_children()]
-        for first, second in zip(names, names[1:]):
+        for first, second in zip(names, names[1:], strict=False):
             _fold_into(module, first, second)
     for child in module.children():
         _fold(child)
