@@ -1,0 +1,190 @@
+"""Training: a full tiny run, resume equivalence, every optimizer, precision flags, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from covidzoo.checkpoint import load_checkpoint, read_spec
+from covidzoo.data import CachedScans, synthesize
+from covidzoo.errors import BadInputError
+from covidzoo.train import Trainer, TrainConfig, train
+
+TINY = {"depths": [1, 1, 1, 1], "widths": [8, 16, 16, 32], "stem_width": 8}
+SIZE = (16, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    return synthesize(tmp_path_factory.mktemp("data") / "scans", n=12, seed=1, shape=(16, 48, 48))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    # One cache for the module: the same data and preprocessing are prepared once.
+    monkeypatch.setenv("COVIDZOO_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+def config(dataset: Path, out: Path, **overrides) -> TrainConfig:
+    base = dict(backbone="regnet3d", model_args=dict(TINY), data=str(dataset), size=SIZE,
+                epochs=2, batch_size=3, lr=3e-3, out=str(out), device="cpu", seed=0)
+    return TrainConfig(**{**base, **overrides})
+
+
+def metrics_rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def deterministic(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in ("train_scans_per_s", "epoch_time_s")}
+
+
+def test_full_tiny_run_writes_the_run_folder(dataset, tmp_path):
+    run = tmp_path / "run"
+    summary = train(config(dataset, run), quiet=True)
+    assert summary["epochs_run"] == 2 and not summary["interrupted"]
+    rows = metrics_rows(run)
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"train_loss", "val_loss", "val_auc", "val_f1", "val_threshold", "lr"}
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["backbone"] == "regnet3d" and cfg["size"] == list(SIZE)
+    assert cfg["model"]["aggregator"] == "volume"
+    for name in ("best.safetensors", "last.safetensors", "last.state.json",
+                 "last.state.safetensors"):
+        assert (run / name).is_file()
+
+    # The best checkpoint rebuilds from the file alone and reproduces the logged validation AUC.
+    model, spec = load_checkpoint(run / "best.safetensors")
+    assert spec.threshold == summary["threshold"]
+    val = CachedScans(_cache_dir(run), split="val")
+    trainer = Trainer.__new__(Trainer)  # only for its evaluate(); no run folder checks
+    trainer.cfg, trainer.device = config(dataset, run), torch.device("cpu")
+    from covidzoo.amp import Precision
+    from covidzoo.train import Dist
+
+    trainer.precision, trainer.dist = Precision("fp32"), Dist()
+    result = trainer.evaluate(model, val, None)
+    assert result["auc"] == pytest.approx(summary["best_val_auc"], abs=1e-12)
+
+
+def _cache_dir(run: Path) -> Path:
+    from covidzoo.data import PreprocessConfig, cache_dir_for
+
+    spec = read_spec(run / "best.safetensors")
+    source = json.loads((run / "config.json").read_text())["data_source"]
+    return cache_dir_for(source, PreprocessConfig.from_dict(spec.preprocess))
+
+
+def test_resume_after_interrupt_equals_an_uninterrupted_run(dataset, tmp_path, monkeypatch):
+    full = tmp_path / "full"
+    train(config(dataset, full, epochs=3), quiet=True)
+
+    cut = tmp_path / "cut"
+    original = Trainer._train_epoch
+
+    def interrupt_in_epoch_3(self, *args):
+        if args[-2] == 3:  # the epoch argument
+            raise KeyboardInterrupt
+        return original(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", interrupt_in_epoch_3)
+    summary = train(config(dataset, cut, epochs=3), quiet=True)
+    assert summary["interrupted"] and summary["epochs_run"] == 2
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    train(config(dataset, cut, epochs=3, resume=True), quiet=True)
+
+    assert [deterministic(r) for r in metrics_rows(cut)] == [
+        deterministic(r) for r in metrics_rows(full)
+    ]
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(full / "last.safetensors")), load_file(str(cut / "last.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd", "rmsprop", "novograd"])
+def test_every_optimizer_trains(dataset, tmp_path, optimizer):
+    summary = train(config(dataset, tmp_path / optimizer, optimizer=optimizer, epochs=1),
+                    quiet=True)
+    assert summary["epochs_run"] == 1
+    assert np.isfinite(metrics_rows(tmp_path / optimizer)[0]["train_loss"])
+
+
+def test_bf16_on_cpu_and_schedules(dataset, tmp_path):
+    run = tmp_path / "bf16"
+    cfg = config(dataset, run, precision="bf16", schedule="step", pos_weight=2.0, epochs=1)
+    summary = train(cfg, quiet=True)
+    assert summary["precision"] == "bf16"
+    assert np.isfinite(metrics_rows(run)[0]["val_loss"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"precision": "fp16"}, "--precision fp16 needs a CUDA device"),
+        ({"optimizer": "lion"}, "unknown optimizer 'lion'"),
+        ({"batch_size": 100}, "--batch-size 100 is larger than the 9 training scans"),
+        ({"resume": True}, "--resume: no"),
+        ({"epochs": 0}, "--epochs must be at least 1"),
+    ],
+)
+def test_bad_input(dataset, tmp_path, overrides, message):
+    with pytest.raises(BadInputError, match=message.replace("(", r"\(")):
+        train(config(dataset, tmp_path / "run", **overrides), quiet=True)
+
+
+def test_an_existing_run_is_never_overwritten(dataset, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("precious\n")
+    with pytest.raises(BadInputError, match="already holds a run"):
+        train(config(dataset, run), quiet=True)
+    assert (run / "metrics.jsonl").read_text() == "precious\n"
+
+
+def test_resume_with_another_model_is_refused(dataset, tmp_path):
+    run = tmp_path / "run"
+    train(config(dataset, run, epochs=1), quiet=True)
+    with pytest.raises(BadInputError, match="holds a 'regnet3d' model, not 'tiny3d'"):
+        train(config(dataset, run, backbone="tiny3d", model_args={}, resume=True), quiet=True)
+
+
+def test_no_data_and_one_class(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(BadInputError):
+        train(config(empty, tmp_path / "run"), quiet=True)
+    one_class = synthesize(tmp_path / "one", n=4, seed=0, shape=(8, 32, 32))
+    for split in ("train", "val"):
+        import shutil
+
+        shutil.rmtree(one_class / split / "non-covid")
+    with pytest.raises(BadInputError, match="one class only"):
+        train(config(one_class, tmp_path / "run2"), quiet=True)
+
+
+def test_cli_train_json_summary_and_bad_flags(dataset, tmp_path, invoke, runner):
+    from covidzoo.cli import cli
+
+    run = tmp_path / "cli"
+    result = invoke("train", "regnet3d", "--depths", "1,1,1,1", "--widths", "8,16,16,32",
+                    "--stem-width", "8", "--data", str(dataset), "--size", "16,32,32",
+                    "--epochs", "1", "--batch-size", "3", "--device", "cpu", "--out", str(run),
+                    "--json")
+    summary = json.loads(result.output)
+    assert summary["out"] == str(run) and summary["epochs_run"] == 1
+    for args, message in [
+        (["--size", "16,32"], "--size '16,32': expected three positive integers D,H,W"),
+        (["--depths", "2,,6"], "--depths"),
+        (["--backbones", "resnet18,densenet121"], "--backbones applies to resdense2d"),
+        (["--model-arg", "oops"], "--model-arg 'oops': expected KEY=VALUE"),
+    ]:
+        bad = runner.invoke(cli, ["train", "regnet3d", "--data", str(dataset), *args])
+        assert bad.exit_code == 2, bad.output
+        lines = bad.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0]
