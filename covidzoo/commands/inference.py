@@ -181,27 +181,22 @@ def evaluate(model: Path, data_root: Path | None, manifest: Path | None, workers
     timing = result["timing"]
     click.echo(f"{timing['scans']} scans: {_fmt(timing['inference_volumes_per_s'])} volumes/s "
                f"inference, {_fmt(timing['total_volumes_per_s'])} volumes/s in all")
-    for note in notes:
+    for note in notes + [f"{k}: {v}" for k, v in report["undefined"].items()]:
         click.echo(f"note: {note}")
 
 
 def _print_report(title: str, report: dict[str, Any], chosen: Any) -> None:
-    undefined = report["undefined"]
-
-    def value(key: str) -> str:
-        return undefined[key] if report[key] is None and key in undefined else _fmt(report[key])
-
     cm = report["confusion_matrix"]
     rows = [
         ("threshold", f"{chosen.value:.4f} ({chosen.source}: {chosen.note})"),
         ("scans", f"{report['n']} ({report['n_covid']} covid, {report['n_non_covid']} non-covid)"),
-        ("AUC", value("auc")),
+        ("AUC", _fmt(report["auc"])),
         ("F1 (covid)", _fmt(report["f1"])),
         ("F1 (non-covid)", _fmt(report["f1_per_class"]["non-covid"])),
         ("macro F1", _fmt(report["macro_f1"])),
         ("accuracy", _fmt(report["accuracy"])),
-        ("sensitivity", value("sensitivity")),
-        ("specificity", value("specificity")),
+        ("sensitivity", _fmt(report["sensitivity"])),
+        ("specificity", _fmt(report["specificity"])),
         ("confusion (tn fp fn tp)", f"{cm['tn']} {cm['fp']} {cm['fn']} {cm['tp']}"),
     ]
     boot = report.get("bootstrap")
@@ -258,8 +253,8 @@ def ensemble(checkpoints: tuple[Path, ...], data_root: Path | None, manifest: Pa
     fit_rows, rows = data.indices(fit_split), data.indices(split)
     fit_labels, labels = data.labels[fit_rows], data.labels[rows]
     if len(set(fit_labels.tolist())) < 2:
-        raise BadInputError(f"the fit split '{fit_split}' of {data.source} holds "
-                            f"{len(fit_labels)} labelled scan(s) of one class at most; the "
+        held = "no labelled scans" if not len(fit_rows) else "one class only"
+        raise BadInputError(f"the fit split '{fit_split}' of {data.source} holds {held}; the "
                             "ensembler and its Youden threshold need both classes")
     if not len(rows):
         raise BadInputError(f"no labelled scans in split '{split}' of {data.source}")
