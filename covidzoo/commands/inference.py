@@ -179,8 +179,8 @@ def evaluate(model: Path, data_root: Path | None, manifest: Path | None, workers
     _report_failed(data.failed)
     _print_report(f"{model.name} on {data.source} ({split})", report, chosen)
     timing = result["timing"]
-    click.echo(f"{timing['scans']} scans: {_fmt(timing['inference_volumes_per_s'])} volumes/s "
-               f"inference, {_fmt(timing['total_volumes_per_s'])} volumes/s in all")
+    click.echo(f"{timing['scans']} scans: {timing['inference_volumes_per_s'] or 0:.1f} "
+               f"volumes/s inference, {timing['total_volumes_per_s'] or 0:.1f} volumes/s in all")
     for note in notes + [f"{k}: {v}" for k, v in report["undefined"].items()]:
         click.echo(f"note: {note}")
 
@@ -355,14 +355,14 @@ def predict(model: Path, scans: tuple[Path, ...], csv_path: Path | None, device:
         _write_csv(csv_path, ["scan", "probability", "label", "threshold"],
                    [(s, repr(p), label, repr(chosen.value)) for s, p, label in rows])
     if as_json:
-        names = [str(m.path) for m in predictor.members]
         print_json({
             "model": str(model),
             "kind": predictor.kind,
+            "members": [str(m.path) for m in predictor.members],
             "threshold": chosen.to_dict(),
             "predictions": [
                 {"scan": s, "probability": p, "label": label, "threshold": chosen.value,
-                 "members": dict(zip(names, member.tolist(), strict=True))}
+                 "member_probabilities": member.tolist()}
                 for (s, p, label), member in zip(rows, found.probs, strict=True)
             ],
             "failed": [{"source": s, "reason": r} for s, r in found.failed],
