@@ -118,12 +118,16 @@ def _check_safetensors(path: Path) -> None:
         raise BadInputError(f"{path}: no such checkpoint file")
     with path.open("rb") as fh:
         head = fh.read(9)
-    if head[:2] == b"PK" or head[:1] == b"\x80":
+    # A safetensors file is an 8-byte little-endian header length, then the JSON header. Test
+    # that first: the length's low byte can be 0x80 or its low bytes "PK", like pickle magic.
+    header_len = int.from_bytes(head[:8], "little") if len(head) == 9 else 0
+    if head[8:9] == b"{" and 8 + header_len <= path.stat().st_size:
+        return
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
         raise BadInputError(
             f"{path}: a pickle (torch.save) file; refused, covidzoo never unpickles checkpoints"
         )
-    if len(head) < 9 or head[8:9] != b"{":
-        raise BadInputError(f"{path}: not a safetensors file")
+    raise BadInputError(f"{path}: not a safetensors file")
 
 
 def read_spec(path: str | os.PathLike[str]) -> ModelSpec:

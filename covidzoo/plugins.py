@@ -32,6 +32,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "covidzoo.default_plugins.aggregators",
     "covidzoo.default_plugins.data",
     "covidzoo.default_plugins.train",
+    "covidzoo.default_plugins.inference",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME

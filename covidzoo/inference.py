@@ -1,0 +1,546 @@
+"""Inference: checkpoints and ensemble files in, covid probabilities per scan out.
+
+What `evaluate`, `ensemble` and `predict` share:
+
+- `load_predictor(path)` reads a checkpoint (one member) or an `ensemble --save` file (several
+  members, a fitted ensembler and its threshold); both answer the same questions.
+- Each member is made ready for inference once (`prepare_model`): eval mode, BatchNorm folded
+  into the preceding convolutions (exact in eval mode, one pass less over every activation),
+  moved to the device, channels-last when the precision mode asks for it. Forward passes run
+  under `torch.inference_mode` and the autocast of `resolve_precision(..., mode="infer")`.
+- Every member preprocesses scans with the `PreprocessConfig` recorded in its own checkpoint, so
+  a 2D model fed 64 x 256 x 256 scans and a 3D model fed 128 x 224 x 224 ones fuse scan by scan.
+  Labelled data (`load_eval_data`) goes through the on-disk cache once per distinct config;
+  raw scans (`predict_paths`) are read and preprocessed once per distinct config.
+- A scan that fails to read is reported with its reason and the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from . import __version__
+from .amp import Precision, resolve_precision
+from .augment import to_model_input
+from .checkpoint import ModelSpec, atomic_write_text, load_checkpoint
+from .data.preprocess import PreprocessConfig, load_scan
+from .errors import BadInputError
+from .fold import fold_batchnorm
+
+ENSEMBLE_FORMAT = 1
+# What a model's outputs mean, by their count: one covid logit, or (non-covid, covid) logits.
+CLASS_DEFINITIONS: dict[int, str] = {
+    1: "1 output (covid logit, sigmoid)",
+    2: "2 outputs (non-covid, covid; softmax)",
+}
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """`--device`: CUDA when available and nothing was asked for, else what was asked for."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise BadInputError(f"unknown device '{name}'; use cpu or cuda[:N]") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("--device cuda: no CUDA device is available here; use --device cpu")
+    return device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def logits_to_probs(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The covid probability per scan from `B x num_classes` logits (see `CLASS_DEFINITIONS`)."""
+    logits = logits.float().reshape(logits.shape[0], -1)
+    if logits.shape[1] != num_classes:
+        raise BadInputError(
+            f"the model returned {logits.shape[1]} outputs per scan, its checkpoint says "
+            f"{num_classes}"
+        )
+    if num_classes == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=1)[:, 1]
+
+
+def prepare_model(
+    model: nn.Module, device: torch.device, precision: Precision, fold: bool = True,
+    spatial_dims: int = 3,
+) -> nn.Module:
+    """`model` ready for inference: eval mode, BatchNorm folded (`fold`), on `device`, and in the
+    channels-last layout of its convolutions when `precision.channels_last` is set.
+
+    Folding works on a copy, so a model that is still being trained is never altered.
+    """
+    model = fold_batchnorm(model) if fold else model.eval()
+    model = model.to(device)
+    if precision.channels_last:
+        layout = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+        model = model.to(memory_format=layout)
+    return model
+
+
+@dataclass
+class Member:
+    """One model ready for inference, with the spec that says how to feed it."""
+
+    path: Path
+    spec: ModelSpec
+    model: nn.Module
+    precision: Precision
+    device: torch.device
+    num_classes: int
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        """How this member's scans are preprocessed: what its checkpoint recorded."""
+        return PreprocessConfig.from_dict(self.spec.preprocess)
+
+    @torch.inference_mode()
+    def probs(self, batch: torch.Tensor) -> torch.Tensor:
+        """Covid probabilities (float32, on the device) of uint8 scans `B x 1 x D x H x W`."""
+        x = to_model_input(batch.to(self.device, non_blocking=True),
+                           channels_last=self.precision.channels_last)
+        with self.precision.autocast(self.device.type):
+            logits = self.model(x)
+        return logits_to_probs(logits, self.num_classes)
+
+
+def load_member(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu", precision: str = "auto",
+    fold: bool = True,
+) -> Member:
+    """Load the checkpoint at `path` and prepare its model for inference on `device`.
+
+    Pickle files and files that are not covidzoo safetensors checkpoints raise `BadInputError`
+    before anything is deserialised (see `covidzoo.checkpoint.read_spec`).
+    """
+    from . import get_component
+
+    path, device = Path(path), torch.device(device)
+    model, spec = load_checkpoint(path, "cpu")
+    num_classes = getattr(model, "num_classes", None) or spec.model_args.get("num_classes", 1)
+    if num_classes not in CLASS_DEFINITIONS:
+        raise BadInputError(
+            f"{path}: a model with {num_classes} outputs; covidzoo reads "
+            + " or ".join(CLASS_DEFINITIONS.values())
+        )
+    precision_mode = resolve_precision(precision, device, spec.backbone, mode="infer")
+    dims = get_component(spec.backbone, "backbone").metadata.get("spatial_dims", 3)
+    model = prepare_model(model, device, precision_mode, fold=fold, spatial_dims=dims)
+    return Member(path, spec, model, precision_mode, device, int(num_classes))
+
+
+def check_members(members: Sequence[Member]) -> None:
+    """Members must agree on what their outputs mean before their probabilities are fused."""
+    kinds = {m.num_classes for m in members}
+    if len(kinds) > 1:
+        listed = "; ".join(f"{m.path.name}: {CLASS_DEFINITIONS[m.num_classes]}" for m in members)
+        raise BadInputError(f"members have different class definitions ({listed})")
+
+
+# --- ensemble files ----------------------------------------------------------------------------
+
+
+def is_ensemble_file(path: str | os.PathLike[str]) -> bool:
+    """Whether `path` is an ensemble JSON file rather than a checkpoint: a `.json` name, or a
+    file that starts with `{` (a safetensors file starts with its 8-byte header length)."""
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return True
+    if not path.is_file():
+        return False
+    with path.open("rb") as fh:
+        return fh.read(64).lstrip()[:1] == b"{"
+
+
+def write_ensemble_file(
+    path: str | os.PathLike[str], members: Sequence[str | os.PathLike[str]], ensembler: Any,
+    threshold: float,
+) -> Path:
+    """Write an ensemble file atomically: member paths relative to its folder where possible,
+    so a folder of checkpoints and its ensemble file can move together."""
+    path = Path(path)
+    folder = path.resolve().parent
+    listed = []
+    for member in members:
+        absolute = Path(member).resolve()
+        try:
+            listed.append(os.path.relpath(absolute, folder))
+        except ValueError:  # another drive (Windows): no relative path exists
+            listed.append(str(absolute))
+    data = {
+        "format": ENSEMBLE_FORMAT,
+        "members": listed,
+        "ensembler": ensembler.to_dict(),
+        "threshold": float(threshold),
+        "covidzoo_version": __version__,
+    }
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_ensemble_file(path: str | os.PathLike[str]) -> tuple[list[Path], Any, float | None]:
+    """`(member checkpoint paths, fitted ensembler, threshold)` of an ensemble file.
+
+    Every member must exist: a missing one is named in the `BadInputError`.
+    """
+    from .ensemble import load_ensembler
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise BadInputError(f"{path}: no such ensemble file") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BadInputError(f"{path}: not an ensemble JSON file ({exc})") from exc
+    if not isinstance(data, dict) or "members" not in data or "ensembler" not in data:
+        raise BadInputError(f"{path}: not a covidzoo ensemble file (no members and ensembler)")
+    if data.get("format") != ENSEMBLE_FORMAT:
+        raise BadInputError(
+            f"{path}: ensemble file format {data.get('format')}, expected {ENSEMBLE_FORMAT}"
+        )
+    members = data["members"]
+    if not isinstance(members, list) or not members or not all(
+        isinstance(m, str) for m in members
+    ):
+        raise BadInputError(f"{path}: 'members' must be a non-empty list of checkpoint paths")
+    paths = [path.parent / m for m in members]
+    missing = [m for m, p in zip(members, paths, strict=True) if not p.is_file()]
+    if missing:
+        raise BadInputError(
+            f"{path}: member checkpoint(s) not found: {', '.join(missing)} "
+            f"(relative paths are read from {path.parent})"
+        )
+    ensembler = load_ensembler(data["ensembler"])
+    n_models = getattr(ensembler, "n_models", None)
+    if n_models is not None and n_models != len(paths):
+        raise BadInputError(f"{path}: the ensembler was fit on {n_models} members, "
+                            f"the file lists {len(paths)}")
+    threshold = data.get("threshold")
+    if threshold is not None and not (
+        isinstance(threshold, (int, float)) and np.isfinite(threshold)
+    ):
+        raise BadInputError(f"{path}: threshold must be a number, got {threshold!r}")
+    return paths, ensembler, None if threshold is None else float(threshold)
+
+
+@dataclass
+class Predictor:
+    """A checkpoint or an ensemble file, loaded: members, how to fuse them, the threshold.
+
+    `threshold` is the decision threshold chosen on validation data (`None` when the checkpoint
+    stores none); `kind` is "checkpoint" or "ensemble".
+    """
+
+    path: Path
+    kind: str
+    members: list[Member]
+    ensembler: Any | None = None
+    threshold: float | None = None
+
+    def fuse(self, member_probs: NDArray[np.float64]) -> NDArray[np.float64]:
+        """One probability per scan from `n_scans x n_members` probabilities."""
+        if self.ensembler is None:
+            return np.asarray(member_probs, dtype=np.float64)[:, 0]
+        return np.asarray(self.ensembler.predict(member_probs), dtype=np.float64)
+
+
+def load_predictor(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu", precision: str = "auto",
+    fold: bool = True,
+) -> Predictor:
+    """Load a checkpoint or an ensemble file (told apart by `is_ensemble_file`)."""
+    path = Path(path)
+    if not is_ensemble_file(path):
+        member = load_member(path, device, precision, fold)
+        return Predictor(path, "checkpoint", [member], None, member.spec.threshold)
+    paths, ensembler, threshold = read_ensemble_file(path)
+    members = [load_member(p, device, precision, fold) for p in paths]
+    check_members(members)
+    return Predictor(path, "ensemble", members, ensembler, threshold)
+
+
+def _config_groups(members: Sequence[Member]) -> dict[str, PreprocessConfig]:
+    """The distinct preprocessing configs of `members`, keyed by digest, in member order."""
+    groups: dict[str, PreprocessConfig] = {}
+    for member in members:
+        cfg = member.preprocess
+        groups.setdefault(cfg.digest(), cfg)
+    return groups
+
+
+# --- labelled data through the cache -----------------------------------------------------------
+
+
+@dataclass
+class EvalData:
+    """The scans of a data source, preprocessed once per distinct member config.
+
+    Scans are in one order for every config: `sources[i]`, `labels[i]` (-1 unlabelled) and
+    `splits[i]` describe row `i` of every member's probabilities. A scan that failed for any
+    config is left out and listed in `failed` as `(source, reason)`.
+    """
+
+    source: str
+    sources: list[str]
+    labels: NDArray[np.int64]
+    splits: list[str]
+    datasets: dict[str, Any]  # config digest -> CachedScans
+    rows: dict[str, list[int]]  # config digest -> the dataset index of each scan
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+    def indices(self, split: str | None, labelled: bool = True) -> NDArray[np.int64]:
+        """Rows of `split` (`None` or "all": every split), only labelled ones by default."""
+        keep = [
+            i for i, s in enumerate(self.splits)
+            if split in (None, "all", s) and (not labelled or self.labels[i] >= 0)
+        ]
+        return np.asarray(keep, dtype=np.int64)
+
+
+def data_source(root: str | os.PathLike[str] | None,
+                manifest: str | os.PathLike[str] | None) -> tuple[Any, str]:
+    """`(records, source name)` of `--data ROOT`, `--manifest CSV`, or the demo data (neither),
+    as `train` reads them."""
+    from .data import demo_data, find_scans
+
+    if root is not None and manifest is not None:
+        raise BadInputError("give --data or --manifest, not both")
+    if root is None and manifest is None:
+        return find_scans(root=demo_data()), "demo"
+    records = find_scans(root=root, manifest=manifest)
+    return records, str(Path(root if root is not None else manifest).resolve())  # type: ignore[arg-type]
+
+
+def load_eval_data(
+    members: Sequence[Member], root: str | os.PathLike[str] | None = None,
+    manifest: str | os.PathLike[str] | None = None, splits: Sequence[str] | None = None,
+    workers: int = 1, progress: bool = True,
+) -> EvalData:
+    """The scans of `splits` (`None`: all) of a data source, prepared for every member.
+
+    Each distinct preprocessing gets its own cache folder, keyed by source, splits and config
+    (`cache_dir_for`): a cache mirrors the records it was prepared from, so keying by the splits
+    too keeps `evaluate --split val` from pruning the volumes of another split's cache.
+    """
+    from .data import CachedScans, cache_dir_for, prepare_cache
+
+    records, source = data_source(root, manifest)
+    wanted = None if splits is None or "all" in splits else set(splits)
+    records = [r for r in records if wanted is None or r.split in wanted]
+    if not records:
+        raise BadInputError(f"no scans in split(s) {', '.join(sorted(wanted or []))} of {source}")
+    key = f"{source}#splits={','.join(sorted(wanted)) if wanted else 'all'}"
+    failed: dict[str, str] = {}
+    datasets: dict[str, Any] = {}
+    for digest, cfg in _config_groups(members).items():
+        result = prepare_cache(records, cache_dir_for(key, cfg), cfg, workers=workers,
+                               progress=progress)
+        for scan, reason in result.failed:
+            failed.setdefault(scan, reason)
+        datasets[digest] = CachedScans(result.cache_dir)
+    first = next(iter(datasets.values()))
+    positions = {d: {s: i for i, s in enumerate(ds.sources)} for d, ds in datasets.items()}
+    common = [s for s in first.sources if all(s in p for p in positions.values())]
+    kept = set(common)
+    for ds in datasets.values():
+        for scan in ds.sources:
+            if scan not in kept:
+                failed.setdefault(scan, f"{scan}: failed under another member's preprocessing")
+    by_source = {e["source"]: e for e in first.entries}
+    if not common:
+        first_failure = next(iter(failed.values()), "no scans")
+        raise BadInputError(f"no scan of {source} could be read ({len(failed)} failed; first: "
+                            f"{first_failure})")
+    return EvalData(
+        source=source,
+        sources=common,
+        labels=np.asarray([-1 if by_source[s]["label"] is None else int(by_source[s]["label"])
+                           for s in common], dtype=np.int64),
+        splits=[by_source[s]["split"] for s in common],
+        datasets=datasets,
+        rows={d: [positions[d][s] for s in common] for d in datasets},
+        failed=sorted(failed.items()),
+    )
+
+
+def _loader(dataset: Any, rows: Sequence[int], batch_size: int, workers: int,
+            device: torch.device) -> Any:
+    from torch.utils.data import DataLoader, Subset
+
+    return DataLoader(Subset(dataset, list(rows)), batch_size=batch_size, shuffle=False,
+                      num_workers=workers if workers > 1 else 0,
+                      pin_memory=device.type == "cuda")
+
+
+def member_probs(
+    members: Sequence[Member], data: EvalData, indices: Sequence[int], batch_size: int = 8,
+    workers: int = 1,
+) -> tuple[NDArray[np.float64], float]:
+    """`(n_scans x n_members probabilities of rows `indices`, seconds of inference)`.
+
+    The seconds cover reading cached volumes and the forward passes (device synchronised), not
+    loading models or preparing the cache: the inference throughput.
+    """
+    if batch_size < 1:
+        raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
+    out = np.empty((len(indices), len(members)), dtype=np.float64)
+    seconds = 0.0
+    for k, member in enumerate(members):
+        digest = member.preprocess.digest()
+        rows = [data.rows[digest][i] for i in indices]
+        start = time.perf_counter()
+        chunks = [member.probs(batch).cpu() for batch, _ in
+                  _loader(data.datasets[digest], rows, batch_size, workers, member.device)]
+        _sync(member.device)
+        seconds += time.perf_counter() - start
+        out[:, k] = torch.cat(chunks).double().numpy() if chunks else []
+    return out, seconds
+
+
+# --- raw scans ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ScanPredictions:
+    """Member probabilities of the scans that could be read, and the scans that could not."""
+
+    paths: list[str]
+    probs: NDArray[np.float64]  # n_scans x n_members
+    failed: list[tuple[str, str]]
+
+
+def _read_batches(
+    paths: Sequence[str], configs: dict[str, PreprocessConfig], batch_size: int,
+    failed: list[tuple[str, str]],
+) -> Iterator[tuple[list[str], dict[str, torch.Tensor]]]:
+    """Batches of raw scans, each read once and preprocessed once per config. A scan that
+    fails (under any config) is appended to `failed` and left out."""
+    for start in range(0, len(paths), batch_size):
+        names: list[str] = []
+        arrays: dict[str, list[np.ndarray]] = {d: [] for d in configs}
+        for path in paths[start:start + batch_size]:
+            try:
+                volumes = {d: load_scan(path, cfg) for d, cfg in configs.items()}
+            except Exception as exc:  # one bad scan must not stop the others
+                text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                reason = text if isinstance(exc, BadInputError) else f"{type(exc).__name__}: {text}"
+                failed.append((str(path), reason))
+                continue
+            names.append(str(path))
+            for d, volume in volumes.items():
+                arrays[d].append(volume)
+        if names:
+            yield names, {d: torch.from_numpy(np.stack(a))[:, None] for d, a in arrays.items()}
+
+
+def predict_paths(
+    predictor: Predictor, paths: Sequence[str | os.PathLike[str]], batch_size: int = 4,
+) -> ScanPredictions:
+    """Member probabilities of raw scans (DICOM folders, JPG-slice folders, `.npy`/`.npz`),
+    each preprocessed with the config recorded in the member's checkpoint."""
+    if batch_size < 1:
+        raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
+    configs = _config_groups(predictor.members)
+    failed: list[tuple[str, str]] = []
+    names: list[str] = []
+    rows: list[NDArray[np.float64]] = []
+    for batch_names, batches in _read_batches([str(p) for p in paths], configs, batch_size,
+                                              failed):
+        columns = [member.probs(batches[member.preprocess.digest()]).double().cpu().numpy()
+                   for member in predictor.members]
+        names += batch_names
+        rows.append(np.stack(columns, axis=1))
+    probs = np.concatenate(rows) if rows else np.empty((0, len(predictor.members)))
+    return ScanPredictions(names, probs, failed)
+
+
+# --- thresholds --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A decision threshold and where it came from (`source`: "checkpoint", "ensemble file",
+    "default", "youden" or "option"), with a note for people when it deserves one."""
+
+    value: float
+    source: str
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "source": self.source, "note": self.note}
+
+
+def stored_threshold(predictor: Predictor) -> Threshold:
+    """The threshold chosen on validation data and stored with the model, else 0.5 (said so)."""
+    if predictor.threshold is None:
+        return Threshold(0.5, "default", f"{predictor.path.name} stores no threshold: 0.5 used")
+    source = "ensemble file" if predictor.kind == "ensemble" else "checkpoint"
+    return Threshold(predictor.threshold, source, "chosen on validation data")
+
+
+def resolve_threshold(
+    choice: str, predictor: Predictor, labels: NDArray[np.int64], probs: NDArray[np.float64]
+) -> Threshold:
+    """`--threshold checkpoint|youden|FLOAT`.
+
+    `checkpoint` (the default) is the one chosen on validation data; `youden` is the Youden point
+    of the data being evaluated, the best cut-off for exactly that data, so the metrics at it
+    are optimistic and labelled so.
+    """
+    from .metrics import youden_threshold
+
+    if choice == "checkpoint":
+        return stored_threshold(predictor)
+    if choice == "youden":
+        return Threshold(youden_threshold(labels, probs), "youden",
+                         "Youden point of the evaluated data: optimistic")
+    try:
+        value = float(choice)
+    except ValueError as exc:
+        raise BadInputError(
+            f"--threshold must be checkpoint, youden or a number, got '{choice}'"
+        ) from exc
+    if not 0.0 <= value <= 1.0:
+        raise BadInputError(f"--threshold must be within [0, 1], got {value}")
+    return Threshold(value, "option", "given on the command line")
+
+
+__all__ = [
+    "CLASS_DEFINITIONS",
+    "ENSEMBLE_FORMAT",
+    "EvalData",
+    "Member",
+    "Predictor",
+    "ScanPredictions",
+    "Threshold",
+    "check_members",
+    "data_source",
+    "is_ensemble_file",
+    "load_eval_data",
+    "load_member",
+    "load_predictor",
+    "logits_to_probs",
+    "member_probs",
+    "predict_paths",
+    "prepare_model",
+    "read_ensemble_file",
+    "resolve_device",
+    "resolve_threshold",
+    "stored_threshold",
+    "write_ensemble_file",
+]

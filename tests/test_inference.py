@@ -1,0 +1,457 @@
+"""evaluate, ensemble and predict: consistency of the inference path, threshold rules, bad input.
+
+Models are tiny and random: the tests check that every route to a probability (cache, raw scan,
+folded or not, fused or not) gives the same number, not that the models are any good.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import covidzoo
+from covidzoo import hookimpl, inference, plugins
+from covidzoo.augment import to_model_input
+from covidzoo.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from covidzoo.data import PreprocessConfig, find_scans, load_scan, synthesize
+from covidzoo.ensemble import create_ensembler
+from covidzoo.fold import count_batchnorms
+from covidzoo.metrics import binary_report, youden_threshold
+
+TINY = {"depths": [1, 1, 1, 1], "widths": [8, 8, 16, 16], "stem_width": 8, "group_widths": 8,
+        "zero_init_last": False}
+
+
+class Tiny2D(nn.Module):
+    """A 2D slice backbone small enough for the tests: conv, BatchNorm, ReLU, pool, linear."""
+
+    def __init__(self, num_classes: int = 1, in_chans: int = 1) -> None:
+        super().__init__()
+        self.in_chans, self.num_classes = in_chans, num_classes
+        self.features = nn.Sequential(nn.Conv2d(in_chans, 4, 3, padding=1), nn.BatchNorm2d(4),
+                                      nn.ReLU())
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).mean(dim=(2, 3)))
+
+
+class Tiny2DPlugin:
+    @hookimpl
+    def register_backbones(self, register):
+        register("tiny2d-test", Tiny2D, spatial_dims=2, input_size=(32, 32))
+
+
+@contextmanager
+def tiny2d_registered():
+    pm = plugins.get_plugin_manager()
+    pm.register(Tiny2DPlugin(), name="tiny2d-test")
+    try:
+        yield
+    finally:
+        pm.unregister(name="tiny2d-test")
+
+
+def make_checkpoint(path: Path, size, seed: int, threshold=None, backbone="regnet3d",
+                    aggregator="volume", model_args=None) -> Path:
+    """A random model whose BatchNorm statistics are not the identity (so folding matters)."""
+    model_args = dict(TINY if model_args is None else model_args)
+    torch.manual_seed(seed)
+    model = covidzoo.create_model(backbone, aggregator=aggregator, **model_args)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, 1, *size) * 2 + 0.5)
+    spec = ModelSpec(backbone, model_args, aggregator, {},
+                     PreprocessConfig(size=size).to_dict(), threshold)
+    return save_checkpoint(path, model.eval(), spec)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inference")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COVIDZOO_CACHE", str(root / "cache"))
+        data = synthesize(root / "data", n=12, seed=3, fmt="jpg", shape=(12, 40, 40),
+                          val_fraction=0.5)
+        a = make_checkpoint(root / "a.safetensors", (8, 32, 32), seed=0, threshold=0.42)
+        b = make_checkpoint(root / "b.safetensors", (16, 32, 32), seed=1)
+        with tiny2d_registered():
+            c2d = make_checkpoint(root / "c2d.safetensors", (6, 24, 24), seed=2,
+                                  backbone="tiny2d-test", aggregator="slice-mean", model_args={})
+        plugins.reset()
+        yield SimpleNamespace(root=root, data=data, a=a, b=b, c2d=c2d)
+
+
+def hand_probs(checkpoint: Path, scans) -> np.ndarray:
+    """The unfolded model on each raw scan, one at a time: the reference every route must match."""
+    model, spec = load_checkpoint(checkpoint)
+    model.eval()
+    cfg = PreprocessConfig.from_dict(spec.preprocess)
+    out = []
+    with torch.no_grad():
+        for scan in scans:
+            x = to_model_input(torch.from_numpy(load_scan(scan, cfg))[None, None])
+            out.append(float(torch.sigmoid(model(x)).reshape(-1)[0]))
+    return np.asarray(out)
+
+
+def records(env, split):
+    return [r for r in find_scans(root=env.data) if r.split == split]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def run_json(invoke, *args):
+    result = invoke(*args, "--json", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def fails(runner, *args) -> str:
+    """Run a command expected to fail on bad input: exit 2 and one line on stderr."""
+    from covidzoo.cli import cli
+
+    result = runner.invoke(cli, [*args, "--device", "cpu"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and result.stderr.rstrip().endswith(errors[0]), result.stderr
+    return errors[0]
+
+
+# --- evaluate ----------------------------------------------------------------------------------
+
+
+def test_evaluate_json_schema_roc_and_predictions(env, invoke, tmp_path):
+    out = run_json(invoke, "evaluate", str(env.a), "--data", str(env.data), "--bootstrap", "20",
+                   "--roc", str(tmp_path / "roc.png"), "--predictions", str(tmp_path / "p.csv"))
+    assert set(out) == {"model", "kind", "members", "data", "split", "threshold", "metrics",
+                        "failed", "unlabelled", "device", "precision", "timing", "roc",
+                        "predictions", "notes"}
+    assert out["kind"] == "checkpoint" and out["split"] == "val" and out["failed"] == []
+    assert out["threshold"] == {"value": 0.42, "source": "checkpoint",
+                                "note": "chosen on validation data"}
+    assert out["precision"] == ["fp32"] and out["device"] == "cpu"
+    timing = out["timing"]
+    assert timing["scans"] == out["metrics"]["n"] == 6
+    assert 0 < timing["inference_s"] <= timing["total_s"]
+    assert timing["inference_volumes_per_s"] >= timing["total_volumes_per_s"] > 0
+    assert out["metrics"]["bootstrap"]["n_boot"] == 20
+    assert (tmp_path / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    rows = read_csv(tmp_path / "p.csv")
+    val = records(env, "val")
+    assert [r["path"] for r in rows] == [str(r.path.resolve()) for r in val]
+    probs = np.array([float(r["probability"]) for r in rows])
+    # Cache + DataLoader + folded BatchNorm == raw scan through the unfolded model.
+    np.testing.assert_allclose(probs, hand_probs(env.a, [r.path for r in val]), atol=1e-5)
+    labels = [r.label for r in val]
+    assert [r["label"] for r in rows] == ["covid" if y else "non-covid" for y in labels]
+    assert [r["predicted"] for r in rows] == ["covid" if p >= 0.42 else "non-covid"
+                                             for p in probs]
+    expected = binary_report(labels, probs, 0.42)
+    assert out["metrics"]["auc"] == pytest.approx(expected["auc"], abs=1e-9)
+    assert out["metrics"]["confusion_matrix"] == expected["confusion_matrix"]
+
+
+def test_evaluate_table_for_people(env, invoke):
+    result = invoke("evaluate", str(env.a), "--data", str(env.data), "--device", "cpu")
+    assert result.exit_code == 0
+    assert "macro F1" in result.stdout and "volumes/s" in result.stdout
+    assert "0.4200 (checkpoint: chosen on validation data)" in result.stdout
+
+
+def test_threshold_sources(env, invoke, tmp_path):
+    args = ("evaluate", str(env.a), "--data", str(env.data), "--predictions",
+            str(tmp_path / "p.csv"))
+    youden = run_json(invoke, *args, "--threshold", "youden")
+    probs = [float(r["probability"]) for r in read_csv(tmp_path / "p.csv")]
+    labels = [r.label for r in records(env, "val")]
+    assert youden["threshold"]["source"] == "youden"
+    assert "optimistic" in youden["threshold"]["note"]
+    assert youden["threshold"]["value"] == youden_threshold(labels, probs)
+    given = run_json(invoke, *args, "--threshold", "0.3")
+    assert given["threshold"]["source"] == "option" and given["metrics"]["threshold"] == 0.3
+    # b stores no threshold: 0.5, and the output says so.
+    default = run_json(invoke, "evaluate", str(env.b), "--data", str(env.data))
+    assert default["threshold"]["value"] == 0.5 and default["threshold"]["source"] == "default"
+    assert "stores no threshold" in default["threshold"]["note"]
+
+
+@pytest.mark.parametrize("value", ["median", "1.5"])
+def test_bad_threshold_option(env, runner, value):
+    line = fails(runner, "evaluate", str(env.a), "--data", str(env.data), "--threshold", value)
+    assert "--threshold" in line
+
+
+# --- ensemble ----------------------------------------------------------------------------------
+
+
+def test_ensemble_of_one_model_equals_the_model(env, invoke, tmp_path):
+    single = run_json(invoke, "ensemble", str(env.a), "--data", str(env.data),
+                      "--save", str(tmp_path / "one.json"))
+    member, fusion = single["members"][0], single["fusion"]
+    for key in ("auc", "f1", "macro_f1", "confusion_matrix", "threshold"):
+        assert fusion[key] == member[key]
+    assert single["optimistic"] is True and "optimistic" in single["notes"][0]
+    a = run_json(invoke, "evaluate", str(env.a), "--data", str(env.data), "--predictions",
+                 str(tmp_path / "a.csv"))
+    one = run_json(invoke, "evaluate", str(tmp_path / "one.json"), "--data", str(env.data),
+                   "--predictions", str(tmp_path / "one.csv"))
+    assert one["kind"] == "ensemble" and one["threshold"]["source"] == "ensemble file"
+    assert one["metrics"]["auc"] == a["metrics"]["auc"]
+    probs_a = [float(r["probability"]) for r in read_csv(tmp_path / "a.csv")]
+    probs_one = [float(r["probability"]) for r in read_csv(tmp_path / "one.csv")]
+    np.testing.assert_allclose(probs_one, probs_a, rtol=0, atol=1e-12)
+
+
+def test_mean_fusion_is_the_hand_computed_mean_and_round_trips(env, invoke, tmp_path):
+    """Members with different preprocessing (8 and 16 slices) fuse scan by scan; the saved file
+    works in evaluate and predict."""
+    saved = tmp_path / "sub" / "ens.json"
+    out = run_json(invoke, "ensemble", str(env.a), str(env.b), "--data", str(env.data),
+                   "--method", "mean", "--save", str(saved), "--roc", str(tmp_path / "roc.png"))
+    val = records(env, "val")
+    expected = (hand_probs(env.a, [r.path for r in val]) +
+                hand_probs(env.b, [r.path for r in val])) / 2
+    labels = [r.label for r in val]
+    assert out["threshold"] == pytest.approx(youden_threshold(labels, expected), abs=1e-6)
+    assert (tmp_path / "roc.png").is_file()
+
+    document = json.loads(saved.read_text())
+    assert document["format"] == 1 and document["covidzoo_version"] == covidzoo.__version__
+    assert not any(Path(m).is_absolute() for m in document["members"])
+    assert [(saved.parent / m).resolve() for m in document["members"]] == [
+        env.a.resolve(), env.b.resolve()]
+    assert document["ensembler"]["method"] == "mean"
+    assert document["threshold"] == out["threshold"]
+
+    evaluated = run_json(invoke, "evaluate", str(saved), "--data", str(env.data),
+                         "--predictions", str(tmp_path / "p.csv"))
+    probs = [float(r["probability"]) for r in read_csv(tmp_path / "p.csv")]
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+    assert evaluated["threshold"]["value"] == out["threshold"]
+
+    scans = [str(r.path) for r in val[:2]]
+    predicted = run_json(invoke, "predict", str(saved), *scans, "--csv", str(tmp_path / "q.csv"))
+    got = [p["probability"] for p in predicted["predictions"]]
+    np.testing.assert_allclose(got, expected[:2], atol=1e-5)
+    for p in predicted["predictions"]:
+        assert p["threshold"] == out["threshold"]
+        assert p["label"] == ("covid" if p["probability"] >= out["threshold"] else "non-covid")
+        assert len(p["member_probabilities"]) == 2
+    assert predicted["members"] == [str(saved.parent / m) for m in document["members"]]
+    assert [r["scan"] for r in read_csv(tmp_path / "q.csv")] == scans
+
+
+@pytest.mark.parametrize("method", ["weighted", "stacking"])
+def test_learned_ensemblers_fit_on_the_fit_split_only(env, invoke, tmp_path, method):
+    out = run_json(invoke, "ensemble", str(env.a), str(env.b), "--data", str(env.data),
+                   "--method", method, "--fit-split", "val", "--split", "train",
+                   "--save", str(tmp_path / "e.json"))
+    assert out["optimistic"] is False and out["notes"] == []
+    assert out["fusion"]["n"] == len(records(env, "train"))
+    val = records(env, "val")
+    probs = np.stack([hand_probs(env.a, [r.path for r in val]),
+                      hand_probs(env.b, [r.path for r in val])], axis=1)
+    reference = create_ensembler(method).fit(probs, [r.label for r in val]).to_dict()
+    saved = json.loads((tmp_path / "e.json").read_text())["ensembler"]
+    assert saved.keys() == reference.keys()
+    for key, value in reference.items():
+        if isinstance(value, (list, float)):
+            np.testing.assert_allclose(saved[key], value, atol=1e-3)
+        else:
+            assert saved[key] == value
+
+
+def test_members_can_mix_2d_and_3d_models(env, invoke, tmp_path):
+    with tiny2d_registered():
+        out = run_json(invoke, "ensemble", str(env.a), str(env.c2d), "--data", str(env.data),
+                       "--save", str(tmp_path / "mix.json"))
+        assert len(out["members"]) == 2 and out["fusion"]["n"] == 6
+        scan = str(records(env, "val")[0].path)
+        predicted = run_json(invoke, "predict", str(tmp_path / "mix.json"), scan)
+    members = predicted["predictions"][0]["member_probabilities"]
+    assert predicted["predictions"][0]["probability"] == pytest.approx(sum(members) / 2,
+                                                                       abs=1e-12)
+
+
+# --- predict -----------------------------------------------------------------------------------
+
+
+def test_predict_dicom_folder_jpg_folder_and_npy(env, invoke, tmp_path):
+    dicom = synthesize(tmp_path / "dicom", n=2, seed=5, fmt="dicom", shape=(10, 36, 36))
+    dicom_scan = next(dicom.glob("*/*/scan_*"))
+    jpg_scan = records(env, "val")[0].path
+    npy = tmp_path / "vol.npy"
+    np.save(npy, np.random.default_rng(0).normal(-600, 300, (9, 30, 30)).astype(np.float32))
+    scans = [dicom_scan, jpg_scan, npy]
+    out = run_json(invoke, "predict", str(env.a), *map(str, scans))
+    got = [p["probability"] for p in out["predictions"]]
+    np.testing.assert_allclose(got, hand_probs(env.a, scans), atol=1e-5)
+    assert out["threshold"] == {"value": 0.42, "source": "checkpoint",
+                                "note": "chosen on validation data"}
+    table = invoke("predict", str(env.a), str(npy), "--device", "cpu")
+    assert table.exit_code == 0 and "vol.npy" in table.stdout
+
+
+def test_predict_without_threshold_uses_half_and_says_so(env, invoke):
+    scan = str(records(env, "val")[0].path)
+    out = run_json(invoke, "predict", str(env.b), scan)
+    assert out["threshold"]["value"] == 0.5 and out["threshold"]["source"] == "default"
+    table = invoke("predict", str(env.b), scan, "--device", "cpu")
+    assert "stores no threshold: 0.5 used" in table.stderr
+
+
+def test_unreadable_scans_are_reported_and_the_rest_continue(env, invoke, runner, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "slice.jpg").write_bytes(b"not a jpeg")
+    good = str(records(env, "val")[0].path)
+    out = run_json(invoke, "predict", str(env.a), good, str(broken))
+    assert [p["scan"] for p in out["predictions"]] == [good]
+    assert out["failed"][0]["source"] == str(broken)
+    table = invoke("predict", str(env.a), good, str(broken), "--device", "cpu")
+    assert table.exit_code == 0 and "1 scan(s) failed" in table.stderr
+    assert "every scan failed" in fails(runner, "predict", str(env.a), str(broken))
+
+    manifest = tmp_path / "m.csv"
+    lines = [f"{r.path},{r.label},val" for r in records(env, "val")] + [f"{broken},1,val"]
+    manifest.write_text("path,label,split\n" + "\n".join(lines) + "\n")
+    evaluated = run_json(invoke, "evaluate", str(env.a), "--manifest", str(manifest))
+    assert evaluated["metrics"]["n"] == 6
+    assert [f["source"] for f in evaluated["failed"]] == [str(broken.resolve())]
+
+
+def test_data_with_one_class_reports_what_is_defined(env, invoke, runner, tmp_path):
+    manifest = tmp_path / "covid.csv"
+    covid = [r for r in records(env, "val") if r.label == 1]
+    manifest.write_text("path,label,split\n" + "".join(f"{r.path},covid,val\n" for r in covid))
+    out = run_json(invoke, "evaluate", str(env.a), "--manifest", str(manifest),
+                   "--roc", str(tmp_path / "roc.png"))
+    metrics = out["metrics"]
+    assert metrics["auc"] is None and "one class only" in metrics["undefined"]["auc"]
+    assert metrics["specificity"] is None and metrics["sensitivity"] is not None
+    assert not (tmp_path / "roc.png").exists() and "no ROC plot" in out["notes"][0]
+    table = invoke("evaluate", str(env.a), "--manifest", str(manifest), "--device", "cpu")
+    assert table.exit_code == 0 and "one class only" in table.stdout
+    line = fails(runner, "ensemble", str(env.a), str(env.b), "--manifest", str(manifest))
+    assert "one class" in line
+
+
+# --- inference machinery -----------------------------------------------------------------------
+
+
+def test_members_are_folded_and_fold_changes_nothing(env):
+    folded = inference.load_member(env.a)
+    plain = inference.load_member(env.a, fold=False)
+    assert count_batchnorms(folded.model) == 0 < count_batchnorms(plain.model)
+    assert not folded.model.training and not plain.model.training
+    batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 1, 8, 32, 32),
+                                                             dtype=np.uint8))
+    torch.testing.assert_close(folded.probs(batch), plain.probs(batch), atol=1e-5, rtol=0)
+
+
+def test_two_output_models_read_as_softmax_and_do_not_mix(env, runner, tmp_path):
+    two = make_checkpoint(tmp_path / "two.safetensors", (8, 32, 32), seed=4,
+                          model_args={**TINY, "num_classes": 2})
+    member = inference.load_member(two)
+    logits = torch.tensor([[0.0, 2.0], [1.0, -1.0]])
+    torch.testing.assert_close(inference.logits_to_probs(logits, 2),
+                               torch.softmax(logits, 1)[:, 1])
+    assert member.num_classes == 2
+    line = fails(runner, "ensemble", str(env.a), str(two), "--data", str(env.data))
+    assert "different class definitions" in line
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def test_a_pickle_is_refused_and_never_unpickled(env, runner, tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    torch.save({"w": torch.zeros(2)}, path)
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("a pickle was loaded")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    monkeypatch.setattr("pickle.load", no_unpickling)
+    monkeypatch.setattr("pickle.loads", no_unpickling)
+    assert "pickle" in fails(runner, "evaluate", str(path), "--data", str(env.data))
+    assert "pickle" in fails(runner, "predict", str(path), str(env.data))
+
+
+def test_not_a_covidzoo_checkpoint(env, runner, tmp_path):
+    from safetensors.torch import save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file({"w": torch.zeros(2)}, str(plain))
+    assert "not a covidzoo checkpoint" in fails(runner, "evaluate", str(plain))
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello, I am not a model at all")
+    assert "not a safetensors file" in fails(runner, "predict", str(text), str(env.data))
+
+
+def test_ensemble_file_naming_missing_checkpoints(env, runner, tmp_path):
+    ens = tmp_path / "e.json"
+    ens.write_text(json.dumps({"format": 1, "members": ["a.safetensors", "gone.safetensors"],
+                               "ensembler": {"method": "mean", "n_models": 2}, "threshold": 0.5}))
+    (tmp_path / "a.safetensors").write_bytes(env.a.read_bytes())
+    line = fails(runner, "predict", str(ens), str(env.data))
+    assert "gone.safetensors" in line and "a.safetensors," not in line
+    ens.write_text("{not json")
+    assert "not an ensemble JSON file" in fails(runner, "evaluate", str(ens))
+
+
+def test_ensemble_bad_members_and_methods(env, runner, tmp_path):
+    ens = tmp_path / "e.json"
+    inference.write_ensemble_file(ens, [env.a], create_ensembler("mean").fit(np.ones((2, 1))),
+                                  0.5)
+    assert "must be checkpoints" in fails(runner, "ensemble", str(ens))
+    assert "median-of-means" in fails(runner, "ensemble", str(env.a), "--method",
+                                      "median-of-means")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a CPU-only host")
+def test_cuda_without_a_gpu_is_bad_input(env, runner):
+    from covidzoo.cli import cli
+
+    result = runner.invoke(cli, ["predict", str(env.a), str(env.data), "--device", "cuda"])
+    assert result.exit_code == 2 and "no CUDA device" in result.stderr
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_predict_on_cuda_matches_cpu(env):
+    scans = [r.path for r in records(env, "val")[:2]]
+    cpu = inference.predict_paths(inference.load_predictor(env.a, "cpu", "fp32"), scans)
+    for precision, atol in (("fp32", 1e-4), ("bf16", 3e-2)):
+        gpu = inference.predict_paths(inference.load_predictor(env.a, "cuda", precision), scans)
+        np.testing.assert_allclose(gpu.probs, cpu.probs, atol=atol)
+
+
+def test_a_safetensors_header_length_like_pickle_magic_is_still_read(env, tmp_path):
+    """Regression: the header length's low byte can be 0x80, the first byte of a pickle."""
+    from safetensors.torch import save_file
+
+    from covidzoo.checkpoint import METADATA_KEY, read_spec
+
+    spec = json.dumps(ModelSpec("regnet3d", threshold=0.25).to_dict())
+    path = tmp_path / "x.safetensors"
+    for pad in range(0, 400):
+        save_file({"w": torch.zeros(2)}, str(path), metadata={METADATA_KEY: spec, "p": "x" * pad})
+        if path.read_bytes()[0] == 0x80:
+            break
+    assert path.read_bytes()[0] == 0x80
+    assert read_spec(path).threshold == 0.25
