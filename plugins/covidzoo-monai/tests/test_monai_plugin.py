@@ -72,7 +72,9 @@ def test_models_command_lists_the_backbones_with_metadata():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_forward_backward_through_the_default_aggregator(name):
-    model = covidzoo.create_model(name, aggregator="auto", num_classes=2, in_chans=2, **NARROW[name])
+    model = covidzoo.create_model(
+        name, aggregator="auto", num_classes=2, in_chans=2, **NARROW[name]
+    )
     assert type(model).__name__ == "Volume" and model.num_classes == 2
     out = model(tiny(name, in_chans=2))
     assert out.shape == (2, 2) and torch.isfinite(out).all()
