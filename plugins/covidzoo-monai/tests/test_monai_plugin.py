@@ -197,3 +197,34 @@ def test_without_monai_the_backbones_are_listed_and_say_why_they_cannot_be_built
     assert json.loads(listed) == {"exit": 0, "names": NAMES}
     assert error.startswith("backbone 'monai-resnet18' (plugin 'monai') is unavailable:")
     assert "covidzoo-monai needs MONAI" in error and "pip install monai" in error
+
+
+def test_one_epoch_of_training_on_demo_data(tmp_path, monkeypatch):
+    from covidzoo.data import synthesize
+    from covidzoo.train import TrainConfig, train
+
+    monkeypatch.setenv("COVIDZOO_CACHE", str(tmp_path / "cache"))
+    # 16 demo scans rather than the built-in demo set's 192: one epoch is what is tested.
+    data = synthesize(tmp_path / "data", n=16, shape=(16, 32, 32))
+    run_dir = tmp_path / "run"
+    summary = train(
+        TrainConfig(
+            backbone="monai-resnet18",
+            model_args={"widen_factor": 0.25},
+            data=str(data),
+            size=(16, 32, 32),
+            epochs=1,
+            batch_size=4,
+            out=str(run_dir),
+            device="cpu",
+        ),
+        quiet=True,
+    )
+    assert (summary["backbone"], summary["epochs_run"], summary["size"]) == (
+        "monai-resnet18", 1, [16, 32, 32]
+    )
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+    model, spec = load_checkpoint(run_dir / "best.safetensors")
+    assert spec.backbone == "monai-resnet18" and spec.model_args["widen_factor"] == 0.25
+    with torch.no_grad():
+        assert model.eval()(tiny("monai-resnet18")).shape == (2, 1)
