@@ -37,6 +37,9 @@ def register_backbones(register: Any) -> None:
     - `default_cfg` (optional): a dict of the configuration the factory builds by default.
     - `default_aggregator` (optional): the aggregator `create_model(name, aggregator="auto")`
       wraps the backbone in; without it, `volume` for 3D and `slice-mean` for 2D.
+    - `min_input_size` (optional): the smallest input size the network accepts, for networks
+      whose pooling fails below it; the smoke test (`tests/test_backbones.py`) grows its tiny
+      input to it.
     """
 
 

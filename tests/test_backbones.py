@@ -13,11 +13,13 @@ import covidzoo
 BACKBONES = covidzoo.list_models(kind="backbone")
 
 
-def tiny_input(spatial_dims: int, in_chans: int = 1):
+def tiny_input(meta, in_chans: int = 1):
+    """A batch of 2 at 16x32x32 (3D) or 64x64 (2D), grown to the backbone's `min_input_size`."""
     import torch
 
-    shape = (2, in_chans, 16, 32, 32) if spatial_dims == 3 else (2, in_chans, 64, 64)
-    return torch.randn(*shape)
+    size = (16, 32, 32) if meta["spatial_dims"] == 3 else (64, 64)
+    size = tuple(max(s, m) for s, m in zip(size, meta.get("min_input_size", size), strict=True))
+    return torch.randn(2, in_chans, *size)
 
 
 @pytest.mark.parametrize("name", BACKBONES)
@@ -27,7 +29,7 @@ def test_backbone_forward_backward(name, num_classes):
 
     comp = covidzoo.get_component(name)
     model = covidzoo.create_model(name, num_classes=num_classes)
-    x = tiny_input(comp.metadata["spatial_dims"])
+    x = tiny_input(comp.metadata)
     out = model(x)
     assert out.shape == (2, num_classes)
     assert torch.isfinite(out).all()
@@ -41,3 +43,4 @@ def test_backbone_metadata(name):
     meta = covidzoo.get_component(name).metadata
     assert meta["spatial_dims"] in (2, 3)
     assert len(meta["input_size"]) == meta["spatial_dims"]
+    assert len(meta.get("min_input_size", meta["input_size"])) == meta["spatial_dims"]
