@@ -396,6 +396,7 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
         "cudnn_benchmark": cfg.cudnn_benchmark,
         "batch_size": cfg.batch_size or DEFAULT_BATCH[cfg.mode],
         "input_size": [channels(cfg), *size],
+        "default_input_size": size == scan_size(BenchConfig(cfg.model)),
         "spatial_dims": dims,
         "model_args": cfg.model_args,
         "param_count": sum(p.numel() for p in base.parameters()),

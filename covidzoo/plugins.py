@@ -31,6 +31,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "covidzoo.default_plugins.resdense2d",
     "covidzoo.default_plugins.aggregators",
     "covidzoo.default_plugins.data",
+    "covidzoo.default_plugins.bench",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
