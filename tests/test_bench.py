@@ -273,3 +273,18 @@ def test_cuda_fp16_channels_last_records_peak_memory():
     r = bench.run_config(tiny(device="cuda", precision="fp16", channels_last=True,
                               mode="train"))
     assert r["peak_memory_mb"] > 0 and r["train_samples_per_sec"] > 0
+
+
+def test_gpu_driver_lists_its_groups_and_rejects_unknown_ones(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import run_gpu
+
+    run_gpu.main(["--list"])
+    listed = capsys.readouterr().out
+    assert all(name in listed for name in (*run_gpu.CORE, "resdense2d-compile",
+                                           "auto-regnet3d-infer"))
+    with pytest.raises(SystemExit, match="unknown group"):
+        run_gpu.main(["regnet3d-everything"])
+    [fp32, auto] = run_gpu.configs(run_gpu.AUTO_GROUPS["auto-regnet3d-train-small"], "cuda")
+    assert (fp32.precision, auto.precision, auto.batch_size, auto.input_size) == (
+        "fp32", "auto", 4, (64, 224, 224))
