@@ -187,7 +187,10 @@ def check(cfg: BenchConfig) -> None:
 
     if cfg.mode not in MODES:
         raise BadInputError(f"unknown mode '{cfg.mode}'; choose from {', '.join(MODES)}")
-    device = torch.device(cfg.device)
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError as exc:
+        raise BadInputError(f"--device {cfg.device}: choose cuda or cpu") from exc
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BadInputError("--device cuda: no CUDA device is available; use --device cpu")
     if device.type not in ("cuda", "cpu"):
@@ -198,9 +201,9 @@ def check(cfg: BenchConfig) -> None:
             f"unknown compile mode '{cfg.compile_mode}'; choose from {', '.join(COMPILE_MODES)}"
         )
     for name in ("warmup", "iters", "batch_size", "threads"):
-        value = getattr(cfg, name)
-        if value is not None and (value < (1 if name != "warmup" else 0)):
-            raise BadInputError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        value, least = getattr(cfg, name), 0 if name == "warmup" else 1
+        if value is not None and value < least:
+            raise BadInputError(f"--{name.replace('_', '-')} must be at least {least}, got {value}")
     if cfg.e2e_cache is not None:
         if cfg.mode != "train":
             raise BadInputError("--e2e measures training steps; use --mode train")

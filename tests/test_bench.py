@@ -88,6 +88,8 @@ def test_auto_and_baseline_rows(invoke):
         (("regnet3d", "--device", "cpu", "--model-arg", "depths"), "takes KEY=VALUE"),
         (("regnet3d", "--device", "cpu", "--model-arg", "bogus=1"), "unknown option bogus"),
         (("regnet3d", "--input-size", "1,2,3,4"), "--input-size takes D,H,W"),
+        (("regnet3d", "--device", "tpu0"), "--device tpu0: choose cuda or cpu"),
+        (("regnet3d", "--device", "cpu", "--iters", "0"), "--iters must be at least 1"),
         (("resdense2d", "--input-size", "16,16", "--device", "cpu"), "too small"),
     ],
 )
