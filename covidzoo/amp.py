@@ -1,9 +1,11 @@
 """Precision modes: what `--precision fp32|bf16|fp16|auto` means on a device.
 
 A mode resolves to (autocast dtype, whether to use a gradient scaler), as timm's benchmark does.
-`auto` looks up the fastest mode measured for the model on the device class in `AUTO_TABLE`,
-which is written from the committed benchmark results (`benchmarks/results/`), and is fp32 on
-the CPU and for anything not measured: a mode is only chosen automatically once measured faster.
+`auto` looks up the fastest configuration measured for the model on the device class in
+`AUTO_TABLE` (precision, channels-last, `torch.compile` mode), which
+`benchmarks/make_auto_table.py` writes into `covidzoo/_auto_table.py` from the committed benchmark
+results (`benchmarks/results/`). It is fp32 on the CPU and for anything not measured: a mode is
+only chosen automatically once measured faster than fp32.
 """
 
 from __future__ import annotations
@@ -11,21 +13,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ._auto_table import AUTO_TABLE
 from .errors import BadInputError
 
 PRECISIONS = ("fp32", "bf16", "fp16")
+# `torch.compile` modes a configuration may use (None: eager). "reduce-overhead" adds CUDA
+# graphs, which is what pays off when a step is bound by kernel launches on the CPU.
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
-# (device class, backbone, "train" | "infer") -> (precision, channels_last). Written from
-# benchmarks/results/*.json: see docs/benchmarks.md for the numbers behind each entry.
-AUTO_TABLE: dict[tuple[str, str, str], tuple[str, bool]] = {}
+__all__ = ["AUTO_TABLE", "COMPILE_MODES", "PRECISIONS", "Precision", "device_class",
+           "resolve_precision"]
 
 
 @dataclass(frozen=True)
 class Precision:
-    """A resolved precision mode."""
+    """A resolved precision mode: autocast dtype, memory format and `torch.compile` mode."""
 
     name: str
     channels_last: bool = False
+    compile_mode: str | None = None
 
     @property
     def amp_dtype(self) -> Any:
@@ -69,7 +75,11 @@ def resolve_precision(
     mode: str = "train",
     channels_last: bool | None = None,
 ) -> Precision:
-    """Check `name` against the device and resolve `auto`; `channels_last=None` means auto."""
+    """Check `name` against the device and resolve `auto`; `channels_last=None` means auto.
+
+    `auto` also brings the compile mode measured fastest (a named precision is eager: compile
+    is then the caller's choice).
+    """
     import torch
 
     device = torch.device(device)
@@ -77,8 +87,10 @@ def resolve_precision(
         entry = AUTO_TABLE.get((device_class(device), backbone or "", mode))
         if device.type == "cpu" or entry is None:
             return Precision("fp32", bool(channels_last))
-        auto_name, auto_cl = entry
-        return Precision(auto_name, auto_cl if channels_last is None else channels_last)
+        auto_name, auto_cl, auto_compile = entry
+        return Precision(
+            auto_name, auto_cl if channels_last is None else channels_last, auto_compile
+        )
     if name not in PRECISIONS:
         choices = ", ".join(PRECISIONS)
         raise BadInputError(f"unknown precision '{name}'; choose from auto, {choices}")

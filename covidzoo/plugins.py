@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "covidzoo.default_plugins.data",
     "covidzoo.default_plugins.train",
     "covidzoo.default_plugins.inference",
+    "covidzoo.default_plugins.bench",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
