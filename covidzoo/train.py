@@ -128,6 +128,13 @@ def all_gather_arrays(dist: Dist, *arrays: np.ndarray) -> list[np.ndarray]:
     return [np.concatenate([np.asarray(g[i]) for g in gathered]) for i in range(len(arrays))]
 
 
+def barrier(dist: Dist) -> None:
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+
+
 def all_reduce_mean(dist: Dist, value: float, count: int) -> float:
     if dist.world == 1:
         return value
@@ -162,7 +169,10 @@ def resolve_size(cfg: TrainConfig) -> tuple[int, int, int]:
     return input_size  # type: ignore[return-value]
 
 
-def load_data(cfg: TrainConfig, size: tuple[int, int, int], quiet: bool) -> Data:
+def load_data(
+    cfg: TrainConfig, size: tuple[int, int, int], quiet: bool, prepare: bool = True
+) -> Data:
+    """Train and validation datasets from the cache, preparing it first when `prepare`."""
     from .data import (
         CachedScans,
         PreprocessConfig,
@@ -183,6 +193,9 @@ def load_data(cfg: TrainConfig, size: tuple[int, int, int], quiet: bool) -> Data
     records = find_scans(root=root, manifest=cfg.manifest, val_split=cfg.val_split, seed=cfg.seed)
     preprocess = PreprocessConfig(size=size)
     cache_dir = cache_dir_for(source, preprocess)
+    if not prepare:  # another rank prepared it
+        train, val = CachedScans(cache_dir, split="train"), CachedScans(cache_dir, split="val")
+        return Data(train, val, preprocess.to_dict(), source)
     result = prepare_cache(records, cache_dir, preprocess, workers=max(cfg.workers, 1),
                            progress=not quiet)
     if result.failed and not quiet:
@@ -210,7 +223,9 @@ def check_data(data: Data, batch_size: int) -> None:
     if len(set(labels_of(data.train).tolist())) < 2:
         raise BadInputError(f"the training scans of {data.source} hold one class only")
     if batch_size > n_train:
-        raise BadInputError(f"--batch-size {batch_size} is larger than the {n_train} training scans")
+        raise BadInputError(
+            f"--batch-size {batch_size} is larger than the {n_train} training scans"
+        )
 
 
 # --- schedule -----------------------------------------------------------------------------------
@@ -286,10 +301,21 @@ class Trainer:
         )
         get_component(cfg.optimizer, "optimizer")  # fail early on an unknown optimizer
         lr_factor(cfg.schedule, 0, 1, 0)
-        self.out = Path(cfg.out or default_out(cfg.backbone))
+        self.out = Path(cfg.out or self._shared(default_out(cfg.backbone)))
         self._check_out()
+        barrier(self.dist)  # every rank has checked the run folder before rank 0 writes to it
 
     # -- set-up --
+
+    def _shared(self, value: Any) -> Any:
+        """Rank 0's `value` on every rank (e.g. a time-stamped run folder name)."""
+        if self.dist.world == 1:
+            return value
+        import torch.distributed as tdist
+
+        box = [value]
+        tdist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def _check_out(self) -> None:
         last = self.out / "last.safetensors"
@@ -357,7 +383,12 @@ class Trainer:
         size = resolve_size(cfg)
         epochs = cfg.epochs or (DEMO_EPOCHS if cfg.data is None and cfg.manifest is None
                                 and cfg.cache is None else 30)
-        data = load_data(cfg, size, quiet=self.quiet or not self.dist.main)
+        # Rank 0 prepares the cache; the others open it once it is complete.
+        if self.dist.main:
+            data = load_data(cfg, size, quiet=self.quiet)
+        barrier(self.dist)
+        if not self.dist.main:
+            data = load_data(cfg, size, quiet=True, prepare=False)
         check_data(data, cfg.batch_size)
         model, spec = self._build_model(data.preprocess)
         staged = cfg.freeze_epochs > 0
@@ -389,12 +420,14 @@ class Trainer:
             train_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
-        if cfg.compile:
-            train_model = torch.compile(train_model)  # type: ignore[assignment]
+        self.compile_mode = self.precision.compile_mode or ("default" if cfg.compile else None)
+        if self.compile_mode is not None:
+            train_model = torch.compile(train_model, mode=self.compile_mode)  # type: ignore
 
         resolved = {**cfg.to_dict(), "size": list(size), "epochs": epochs, "out": str(self.out),
                     "precision_resolved": self.precision.name,
                     "channels_last_resolved": self.precision.channels_last,
+                    "compile_mode_resolved": self.compile_mode,
                     "device": str(self.device), "world_size": self.dist.world,
                     "model": spec.to_dict(), "augment_config": AugmentConfig().to_dict(),
                     "data_source": data.source, "n_train": len(data.train),
@@ -504,6 +537,8 @@ class Trainer:
                 if augment is not None:
                     x = augment(x)
                 y = labels.to(self.device, dtype=torch.float32).view(-1, 1)
+                if self.compile_mode in ("reduce-overhead", "max-autotune"):
+                    torch.compiler.cudagraph_mark_step_begin()  # CUDA graph replay per step
                 with self.precision.autocast(self.device.type):
                     logits = model(x)
                 loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
