@@ -87,16 +87,23 @@ class ScanAugment:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Augment a normalised float batch `B x C x D x H x W` (or `B x C x H x W`)."""
         n, dims = x.shape[0], x.dim() - 2
-        theta = self._affine(n, dims).to(device=x.device, dtype=torch.float32)
+        theta = self._affine(n, dims).view(n, -1)
+        contrast = self._uniform(n, *self.cfg.contrast)
+        brightness = self._uniform(n, -self.cfg.brightness, self.cfg.brightness)
+        # One host-to-device copy from pinned memory, asynchronous: a blocking copy here would
+        # make the host wait for the previous training step and starve the GPU of work.
+        params = torch.cat([theta, contrast[:, None], brightness[:, None]], dim=1).float()
+        if x.device.type == "cuda":
+            params = params.pin_memory()
+        params = params.to(x.device, non_blocking=True)
+        theta = params[:, : dims * (dims + 1)].view(n, dims, dims + 1)
+        view = (n,) + (1,) * (x.dim() - 1)
+        contrast, brightness = params[:, -2].view(view), params[:, -1].view(view)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         # Resample in float32 (grid_sample has no bf16 path on every device), then jitter.
         out = F.grid_sample(
             x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False
         )
-        view = (n,) + (1,) * (x.dim() - 1)
-        contrast = self._uniform(n, *self.cfg.contrast).to(out.device, torch.float32).view(view)
-        brightness = self._uniform(n, -self.cfg.brightness, self.cfg.brightness)
-        brightness = brightness.to(out.device, torch.float32).view(view)
         mean = out.mean(dim=tuple(range(1, x.dim())), keepdim=True)
         out = (out - mean) * contrast + mean + brightness
         if x.is_contiguous(memory_format=torch.channels_last_3d) and dims == 3:
