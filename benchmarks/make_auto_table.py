@@ -73,8 +73,8 @@ def render(best: dict[tuple[str, str, str], Any]) -> str:
         size = "x".join(str(s) for s in r["input_size"][1:])
         lines.append(
             f"    # {r['speedup_vs_fp32']:.2f}x fp32: {r[mode + '_samples_per_sec']:,.1f} scans/s"
-            f" at batch {r[mode + '_batch_size']} x {size}, {r['device_name']}, torch"
-            f" {r['torch']} ({name})"
+            f" at batch {r[mode + '_batch_size']} x {size},\n"
+            f"    # {r['device_name']}, torch {r['torch']} ({name})"
         )
         value = (r["resolved_precision"], bool(r["channels_last"]), r["compile_mode"])
         lines.append(f"    {key!r}: {value!r},")

@@ -6,10 +6,13 @@ size whose speed-up over fp32 eager is above 1. Anything not listed runs in fp32
 """
 
 AUTO_TABLE: dict[tuple[str, str, str], tuple[str, bool, str | None]] = {
-    # 2.82x fp32: 2,603.9 scans/s at batch 64 x 64x224x224, NVIDIA H100 80GB HBM3, torch 2.11.0+cu130 (bench_h100_regnet3d-infer.json)
+    # 2.82x fp32: 2,603.9 scans/s at batch 64 x 64x224x224,
+    # NVIDIA H100 80GB HBM3, torch 2.11.0+cu130 (bench_h100_regnet3d-infer.json)
     ('h100', 'regnet3d', 'infer'): ('fp16', True, 'default'),
-    # 3.14x fp32: 335.0 scans/s at batch 4 x 64x224x224, NVIDIA H100 80GB HBM3, torch 2.11.0+cu130 (bench_h100_regnet3d-train-small.json)
+    # 3.14x fp32: 335.0 scans/s at batch 4 x 64x224x224,
+    # NVIDIA H100 80GB HBM3, torch 2.11.0+cu130 (bench_h100_regnet3d-train-small.json)
     ('h100', 'regnet3d', 'train'): ('fp16', True, 'reduce-overhead'),
-    # 1.84x fp32: 14.6 scans/s at batch 2 x 64x256x256, NVIDIA H100 80GB HBM3, torch 2.11.0+cu130 (bench_h100_resdense2d-train.json)
+    # 1.84x fp32: 14.6 scans/s at batch 2 x 64x256x256,
+    # NVIDIA H100 80GB HBM3, torch 2.11.0+cu130 (bench_h100_resdense2d-train.json)
     ('h100', 'resdense2d', 'train'): ('fp16', True, None),
 }

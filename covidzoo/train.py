@@ -49,7 +49,6 @@ from .errors import BadInputError, CovidzooError
 # What the demo (no --data) trains on: small enough for a 2-core CPU in a few minutes.
 DEMO_SIZE = (32, 64, 64)
 DEMO_EPOCHS = 12
-DEMO_SCANS = 192
 DEFAULT_SIZE_3D = (64, 224, 224)
 DEFAULT_DEPTH_2D = 64
 
@@ -187,12 +186,12 @@ def load_data(
         train, val = CachedScans(cache_dir, split="train"), CachedScans(cache_dir, split="val")
         return Data(train, val, train.config.to_dict(), str(cache_dir))
     if cfg.data is None and cfg.manifest is None:
-        root, source = demo_data(n=DEMO_SCANS), "demo"
+        root, source = demo_data(), "demo"
     else:
         root, source = cfg.data, str(Path(cfg.data or cfg.manifest).resolve())
     records = find_scans(root=root, manifest=cfg.manifest, val_split=cfg.val_split, seed=cfg.seed)
     preprocess = PreprocessConfig(size=size)
-    cache_dir = cache_dir_for(source, preprocess)
+    cache_dir = cache_dir_for(Path(root or cfg.manifest).resolve(), preprocess)
     if not prepare:  # another rank prepared it
         train, val = CachedScans(cache_dir, split="train"), CachedScans(cache_dir, split="val")
         return Data(train, val, preprocess.to_dict(), source)
@@ -644,8 +643,23 @@ def _fmt(value: float | None) -> str:
 def train(cfg: TrainConfig, quiet: bool = False) -> dict[str, Any]:
     """Run one training job and return its summary."""
     try:
-        return Trainer(cfg, quiet=quiet).run()
+        summary = Trainer(cfg, quiet=quiet).run()
+        shutdown_distributed(together=True)
+        return summary
     except torch.cuda.OutOfMemoryError as exc:
         raise CovidzooError(
             f"out of GPU memory at --batch-size {cfg.batch_size}; try a smaller batch or --size"
         ) from exc
+    finally:
+        shutdown_distributed(together=False)
+
+
+def shutdown_distributed(together: bool) -> None:
+    """Leave the process group; `together` waits for every rank first, so a rank exiting early
+    cannot abort the others' gloo connections. After an error, leave at once."""
+    import torch.distributed as tdist
+
+    if tdist.is_available() and tdist.is_initialized():
+        if together:
+            tdist.barrier()
+        tdist.destroy_process_group()

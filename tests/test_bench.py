@@ -265,7 +265,7 @@ def test_resolve_precision_auto_uses_the_table(monkeypatch):
     assert p == amp.Precision("fp16", True, "reduce-overhead") and p.use_scaler
     assert amp.resolve_precision("auto", "cuda", "regnet3d", "train", channels_last=False) == (
         amp.Precision("fp16", False, "reduce-overhead"))
-    assert amp.resolve_precision("auto", "cuda", "regnet3d", "infer") == amp.Precision("fp32")
+    assert amp.resolve_precision("auto", "cuda", "not-measured", "infer") == amp.Precision("fp32")
     assert amp.resolve_precision("fp16", "cuda").compile_mode is None
 
 

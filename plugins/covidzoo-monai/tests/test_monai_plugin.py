@@ -228,3 +228,42 @@ def test_one_epoch_of_training_on_demo_data(tmp_path, monkeypatch):
     assert spec.backbone == "monai-resnet18" and spec.model_args["widen_factor"] == 0.25
     with torch.no_grad():
         assert model.eval()(tiny("monai-resnet18")).shape == (2, 1)
+
+
+def test_an_ensemble_mixes_a_monai_backbone_with_regnet3d(tmp_path, monkeypatch):
+    """Members from two plugins, each with its own preprocessing, fuse scan by scan."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from covidzoo.augment import to_model_input
+    from covidzoo.data import PreprocessConfig, load_scan, synthesize
+
+    monkeypatch.setenv("COVIDZOO_CACHE", str(tmp_path / "cache"))
+    data = synthesize(tmp_path / "data", n=8, shape=(16, 32, 32))
+    members = []
+    for name, args, size in [("monai-resnet18", NARROW["monai-resnet18"], (16, 32, 32)),
+                             ("regnet3d", {"depths": [1, 1, 1, 1], "widths": [8, 8, 16, 16],
+                                           "stem_width": 8}, (32, 32, 32))]:
+        torch.manual_seed(0)
+        model = covidzoo.create_model(name, aggregator="volume", **args).eval()
+        spec = ModelSpec(name, args, "volume", {}, PreprocessConfig(size=size).to_dict(), 0.5)
+        members.append((save_checkpoint(tmp_path / f"{name}.safetensors", model, spec), model,
+                        size))
+    saved = tmp_path / "mixed.json"
+    result = CliRunner().invoke(cli, ["ensemble", *(str(m[0]) for m in members), "--data",
+                                      str(data), "--save", str(saved), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [Path(m["path"]).name for m in json.loads(result.stdout)["members"]] == [
+        "monai-resnet18.safetensors", "regnet3d.safetensors"]
+
+    scan = next((data / "val" / "covid").iterdir())
+    predicted = CliRunner().invoke(cli, ["predict", str(saved), str(scan), "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    probability = json.loads(predicted.stdout)["predictions"][0]["probability"]
+    expected = []
+    with torch.no_grad():
+        for _, model, size in members:
+            x = torch.from_numpy(load_scan(scan, PreprocessConfig(size=size)))[None, None]
+            expected.append(torch.sigmoid(model(to_model_input(x))).item())
+    np.testing.assert_allclose(probability, np.mean(expected), atol=1e-5)
