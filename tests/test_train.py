@@ -209,3 +209,31 @@ def test_torchrun_two_gloo_processes(dataset, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["world_size"] == 2
     load_checkpoint(run / "best.safetensors")
+
+
+def test_staged_fine_tuning_freezes_then_opens_the_last_layers(dataset, tmp_path, monkeypatch):
+    """resdense2d: backbones frozen for --freeze-epochs, then the last K layers of each branch."""
+    trainable: dict[int, set[str]] = {}
+    original = Trainer._train_epoch
+
+    def record(self, model, *args):
+        epoch = args[-2]
+        trainable[epoch] = {n for n, p in model.named_parameters() if p.requires_grad}
+        return original(self, model, *args)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", record)
+    cfg = config(dataset, tmp_path / "staged", backbone="resdense2d",
+                 model_args={"backbones": ("resnet18", "densenet121"), "proj_channels": 16},
+                 size=(3, 64, 64), freeze_epochs=1, unfreeze_last=2)
+    train(cfg, quiet=True)
+    first, second = trainable[1], trainable[2]
+    assert first and all(not n.startswith("backbone.branches.") for n in first)
+    opened = second - first
+    # Two parameterised layers per branch: each a weight (and a bias or a norm's bias).
+    assert {n.split(".")[2] for n in opened} == {"0", "1"}
+    assert all(n.startswith("backbone.branches.") for n in opened)
+
+
+def test_freeze_epochs_need_a_backbone_that_supports_it(dataset, tmp_path):
+    with pytest.raises(BadInputError, match="no staged fine-tuning"):
+        train(config(dataset, tmp_path / "run", freeze_epochs=1), quiet=True)
