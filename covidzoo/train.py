@@ -435,8 +435,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.json", json.dumps(resolved, indent=2))
             if not cfg.resume:
-                self._save_last(model, spec, optimizer, scheduler, scaler, augment,
-                                epoch=0, best_auc=best_auc, stale=stale)
+                with interrupts_deferred():
+                    self._save_last(model, spec, optimizer, scheduler, scaler, augment,
+                                    epoch=0, best_auc=best_auc, stale=stale)
         self._log(
             f"training {cfg.backbone} on {data.source}: {len(data.train)} train / "
             f"{len(data.val)} val scans of {'x'.join(map(str, size))}, {epochs} epochs, "
@@ -444,7 +445,7 @@ class Trainer:
         )
         started = time.perf_counter()
         interrupted = False
-        epoch = start_epoch - 1
+        completed = start_epoch - 1  # the last epoch whose checkpoint is on disk
         try:
             for epoch in range(start_epoch, epochs + 1):
                 self._set_stage(model, epoch)
@@ -471,14 +472,17 @@ class Trainer:
                 improved = auc > best_auc
                 best_auc, stale = (auc, 0) if improved else (best_auc, stale + 1)
                 if self.dist.main:
-                    with (self.out / "metrics.jsonl").open("a") as fh:
-                        fh.write(json.dumps(row) + "\n")
-                    if improved:
-                        spec.threshold = val["threshold"]
-                        save_checkpoint(self.out / "best.safetensors", model, spec)
-                    self._save_last(model, spec, optimizer, scheduler, scaler, augment,
-                                    epoch=epoch, best_auc=best_auc, stale=stale,
-                                    threshold=val["threshold"])
+                    with interrupts_deferred():
+                        with (self.out / "metrics.jsonl").open("a") as fh:
+                            fh.write(json.dumps(row) + "\n")
+                        if improved:
+                            spec.threshold = val["threshold"]
+                            save_checkpoint(self.out / "best.safetensors", model, spec)
+                        self._save_last(model, spec, optimizer, scheduler, scaler, augment,
+                                        epoch=epoch, best_auc=best_auc, stale=stale,
+                                        threshold=val["threshold"])
+                        completed = epoch  # before a deferred Ctrl-C is raised
+                completed = epoch
                 self._log(
                     f"epoch {epoch}/{epochs}  train loss {row['train_loss']:.4f}  "
                     f"val loss {row['val_loss']:.4f}  val AUC {_fmt(row['val_auc'])}  "
@@ -489,14 +493,13 @@ class Trainer:
                     break
         except KeyboardInterrupt:
             interrupted = True
-            epoch -= 1
-            self._log(f"interrupted: {self.out / 'last.safetensors'} holds epoch {epoch};"
+            self._log(f"interrupted: {self.out / 'last.safetensors'} holds epoch {completed};"
                       " continue with --resume")
         best = max(history, key=lambda r: r["val_auc"] or -1.0) if history else None
         return {
             "out": str(self.out),
             "backbone": cfg.backbone,
-            "epochs_run": epoch,
+            "epochs_run": completed,
             "epochs": epochs,
             "size": list(size),
             "precision": self.precision.name,
@@ -634,6 +637,26 @@ class Trainer:
             if self.dist.main and len(history) != len(rows):  # drop epochs after the checkpoint
                 atomic_write_text(metrics, "".join(json.dumps(r) + "\n" for r in history))
         return int(state["epoch"]) + 1, float(state["best_auc"]), int(state["stale"]), history
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back until the block is done: a checkpoint and its resume state are written
+    together or not at all. Outside the main thread (where signals cannot be caught) a no-op."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda *args: received.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def _fmt(value: float | None) -> str:

@@ -237,3 +237,28 @@ def test_staged_fine_tuning_freezes_then_opens_the_last_layers(dataset, tmp_path
 def test_freeze_epochs_need_a_backbone_that_supports_it(dataset, tmp_path):
     with pytest.raises(BadInputError, match="no staged fine-tuning"):
         train(config(dataset, tmp_path / "run", freeze_epochs=1), quiet=True)
+
+
+def test_ctrl_c_while_saving_waits_for_the_checkpoint(dataset, tmp_path, monkeypatch):
+    """A SIGINT that lands while epoch 1 is being saved stops the run after the save: `last`
+    and its resume state are both of epoch 1."""
+    import os
+    import signal
+
+    from covidzoo import train as train_module
+
+    real = train_module.save_checkpoint
+
+    def save_and_get_interrupted(path, model, spec):
+        if Path(path).name == "best.safetensors":  # first written at the end of epoch 1
+            os.kill(os.getpid(), signal.SIGINT)  # delivered now, held back until saved
+        return real(path, model, spec)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", save_and_get_interrupted)
+    run = tmp_path / "run"
+    summary = train(config(dataset, run, epochs=3), quiet=True)
+    assert summary["interrupted"] and summary["epochs_run"] == 1
+    from covidzoo.checkpoint import load_state
+
+    assert load_state(run / "last.safetensors")["epoch"] == 1
+    assert [r["epoch"] for r in metrics_rows(run)] == [1]
