@@ -33,9 +33,10 @@ from torch import nn
 from . import __version__
 from .amp import Precision, resolve_precision
 from .augment import to_model_input
-from .checkpoint import ModelSpec, atomic_write_text, load_checkpoint
+from .checkpoint import ModelSpec, load_checkpoint
 from .data.preprocess import PreprocessConfig, load_scan
 from .errors import BadInputError
+from .fileio import atomic_write_text
 from .fold import fold_batchnorm
 
 ENSEMBLE_FORMAT = 1

@@ -8,7 +8,6 @@ operating point (the threshold in use) marked on the highlighted curve.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .errors import BadInputError
+from .fileio import atomic_write
 
 GREY = (150, 150, 150)
 RED = (214, 39, 40)
@@ -123,17 +123,7 @@ def save_roc_png(
         title = f"ROC, AUC {main.auc:.3f}" if main.auc is not None else "ROC"
     draw.text((size / 2, 6), title, fill=BLACK, font=font, anchor="mt")
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 __all__ = ["Curve", "save_roc_png"]

@@ -37,7 +37,6 @@ from .amp import Precision, resolve_precision
 from .augment import AugmentConfig, ScanAugment, to_model_input
 from .checkpoint import (
     ModelSpec,
-    atomic_write_text,
     load_state,
     read_spec,
     save_checkpoint,
@@ -45,6 +44,7 @@ from .checkpoint import (
     unwrap_model,
 )
 from .errors import BadInputError, CovidzooError
+from .fileio import atomic_write_text
 
 # What the demo (no --data) trains on: small enough for a 2-core CPU in a few minutes.
 DEMO_SIZE = (32, 64, 64)

@@ -67,7 +67,7 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]])
     import csv
     import io
 
-    from ..checkpoint import atomic_write_text
+    from ..fileio import atomic_write_text
 
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")

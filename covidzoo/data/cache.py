@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import BadInputError
+from ..fileio import atomic_write, atomic_write_bytes
 from .layouts import ScanRecord
 from .preprocess import PreprocessConfig, preprocess
 from .readers import read_scan
@@ -76,29 +76,19 @@ def source_fingerprint(path: Path) -> dict[str, int]:
     }
 
 
-def _temp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = _temp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_volume(path: Path, array: np.ndarray) -> None:
     """Write `array` as `.npy` atomically (temporary file, then rename)."""
-    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a path
+            np.save(f, array, allow_pickle=False)
+
+    atomic_write(path, write)
 
 
 def write_index(cache_dir: Path, cfg: PreprocessConfig, entries: Sequence[dict[str, Any]]) -> None:
     data = {"format": INDEX_FORMAT, "config": cfg.to_dict(), "entries": list(entries)}
     text = json.dumps(data, indent=1).encode()
-    _atomic_write(cache_dir / INDEX_NAME, lambda f: f.write(text))
+    atomic_write_bytes(cache_dir / INDEX_NAME, text)
 
 
 def read_index(cache_dir: str | os.PathLike[str]) -> dict[str, Any]:
