@@ -100,6 +100,18 @@ def create_model(
     return wrapper.create(backbone=backbone.create(**kwargs), **(aggregator_args or {}))
 
 
+def load_checkpoint(path: str, device: Any = "cpu") -> tuple[Any, Any]:
+    """Rebuild the model stored in a covidzoo `.safetensors` checkpoint: `(model, spec)`.
+
+    The file carries the backbone's registry name, its arguments, the aggregator, the
+    preprocessing and the decision threshold (`spec`), so no other file is needed. Pickle files
+    are refused, never loaded.
+    """
+    from .checkpoint import load_checkpoint as load
+
+    return load(path, device=device)
+
+
 __all__ = [
     "KINDS",
     "BadInputError",
@@ -118,4 +130,5 @@ __all__ = [
     "hookspec",
     "list_components",
     "list_models",
+    "load_checkpoint",
 ]

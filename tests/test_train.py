@@ -262,3 +262,16 @@ def test_ctrl_c_while_saving_waits_for_the_checkpoint(dataset, tmp_path, monkeyp
 
     assert load_state(run / "last.safetensors")["epoch"] == 1
     assert [r["epoch"] for r in metrics_rows(run)] == [1]
+
+
+def test_public_load_checkpoint_rebuilds_the_trained_model(dataset, tmp_path):
+    import covidzoo
+
+    run = tmp_path / "run"
+    train(config(dataset, run, epochs=1), quiet=True)
+    model, spec = covidzoo.load_checkpoint(str(run / "last.safetensors"))
+    again, _ = load_checkpoint(run / "last.safetensors")
+    x = torch.randn(2, 1, *SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), again.eval()(x), rtol=0, atol=0)
+    assert spec.backbone == "regnet3d" and spec.preprocess["size"] == list(SIZE)
