@@ -182,7 +182,7 @@ def test_cli_train_json_summary_and_bad_flags(dataset, tmp_path, invoke, runner)
         (["--size", "16,32"], "--size '16,32': expected three positive integers D,H,W"),
         (["--depths", "2,,6"], "--depths"),
         (["--backbones", "resnet18,densenet121"], "--backbones applies to resdense2d"),
-        (["--model-arg", "oops"], "--model-arg 'oops': expected KEY=VALUE"),
+        (["--model-arg", "oops"], "--model-arg takes KEY=VALUE, got 'oops'"),
     ]:
         bad = runner.invoke(cli, ["train", "regnet3d", "--data", str(dataset), *args])
         assert bad.exit_code == 2, bad.output

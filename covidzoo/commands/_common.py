@@ -10,6 +10,23 @@ from typing import Any
 import click
 
 
+def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
+    """`--model-arg KEY=VALUE` pairs as keyword arguments of a backbone's factory; values are
+    JSON when they parse as JSON (numbers, lists, booleans), else strings."""
+    from ..errors import BadInputError
+
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise BadInputError(f"--model-arg takes KEY=VALUE, got '{item}'")
+        try:
+            kwargs[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key.strip()] = value
+    return kwargs
+
+
 def print_json(data: Any) -> None:
     """Machine-readable output on stdout: indented, key order kept, one document."""
     click.echo(json.dumps(data, indent=2, default=str))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import BadInputError
-from ._common import print_json, print_table
+from ._common import parse_model_args, print_json, print_table
 
 ALL_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
@@ -25,21 +24,6 @@ def parse_list(option: str, text: str, choices: Sequence[str]) -> list[str]:
     if not values:
         raise BadInputError(f"{option}: give at least one of {', '.join(choices)}")
     return list(dict.fromkeys(values))
-
-
-def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
-    """`("depths=[1,1]", "stem_width=8")` -> keyword arguments; values are JSON when they parse
-    as JSON (numbers, lists, booleans), else strings."""
-    kwargs: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise BadInputError(f"--model-arg takes KEY=VALUE, got '{item}'")
-        try:
-            kwargs[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key.strip()] = value
-    return kwargs
 
 
 def parse_size(text: str | None) -> tuple[int, ...] | None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
-from ._common import print_json
+from ._common import parse_model_args, print_json
 from ._regnet_options import check_regnet3d_options, regnet3d_kwargs, regnet3d_options
 
 
@@ -24,22 +23,6 @@ def parse_size(value: str | None) -> tuple[int, int, int] | None:
     if len(size) != 3 or min(size) < 1:
         raise BadInputError(f"--size '{value}': expected three positive integers D,H,W")
     return size  # type: ignore[return-value]
-
-
-def parse_model_args(items: tuple[str, ...]) -> dict[str, Any]:
-    """`--model-arg key=value` pairs; values are JSON when they parse as JSON, else strings."""
-    from ..errors import BadInputError
-
-    args: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.isidentifier():
-            raise BadInputError(f"--model-arg '{item}': expected KEY=VALUE")
-        try:
-            args[key] = json.loads(value)
-        except json.JSONDecodeError:
-            args[key] = value
-    return args
 
 
 @click.command("train")
