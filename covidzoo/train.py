@@ -300,6 +300,10 @@ class Trainer:
         )
         get_component(cfg.optimizer, "optimizer")  # fail early on an unknown optimizer
         lr_factor(cfg.schedule, 0, 1, 0)
+        # Channels-last scans only for 3D models: a slice model's input is reshaped to slices.
+        self.channels_last_scans = self.precision.channels_last and (
+            get_component(cfg.backbone).metadata.get("spatial_dims") == 3
+        )
         self.out = Path(cfg.out or self._shared(default_out(cfg.backbone)))
         self._check_out()
         barrier(self.dist)  # every rank has checked the run folder before rank 0 writes to it
@@ -371,7 +375,8 @@ class Trainer:
         )
         model = spec.build().to(self.device)
         if self.precision.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
+            model = model.to(memory_format=torch.channels_last_3d if self.channels_last_scans
+                             else torch.channels_last)
         return model, spec
 
     # -- the loop --
@@ -535,7 +540,7 @@ class Trainer:
         with self._progress(len(loader), f"epoch {epoch}/{epochs}") as advance:
             for batch, labels in loader:
                 x = to_model_input(batch.to(self.device, non_blocking=True),
-                                   channels_last=self.precision.channels_last)
+                                   channels_last=self.channels_last_scans)
                 if augment is not None:
                     x = augment(x)
                 y = labels.to(self.device, dtype=torch.float32).view(-1, 1)
@@ -565,7 +570,7 @@ class Trainer:
         indices = list(iter(loader.sampler))
         probs, labels, losses = [], [], []
         for batch, y in loader:
-            x = to_model_input(batch.to(self.device), channels_last=self.precision.channels_last)
+            x = to_model_input(batch.to(self.device), channels_last=self.channels_last_scans)
             with self.precision.autocast(self.device.type):
                 logits = model(x).float()
             yt = y.to(self.device, dtype=torch.float32).view(-1, 1)

@@ -275,3 +275,19 @@ def test_public_load_checkpoint_rebuilds_the_trained_model(dataset, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), again.eval()(x), rtol=0, atol=0)
     assert spec.backbone == "regnet3d" and spec.preprocess["size"] == list(SIZE)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "model_args", "size"),
+    [("regnet3d", TINY, SIZE),
+     ("resdense2d", {"backbones": ("resnet18", "densenet121"), "proj_channels": 16},
+      (2, 64, 64))],
+)
+def test_channels_last_for_3d_and_2d_models(dataset, tmp_path, backbone, model_args, size):
+    """channels_last_3d for a volume model, channels_last for a slice model's 4D weights."""
+    cfg = config(dataset, tmp_path / backbone, backbone=backbone, model_args=model_args,
+                 size=size, channels_last=True, epochs=1)
+    summary = train(cfg, quiet=True)
+    assert summary["epochs_run"] == 1
+    resolved = json.loads((tmp_path / backbone / "config.json").read_text())
+    assert resolved["channels_last_resolved"] is True
