@@ -67,6 +67,7 @@ def test_full_tiny_run_writes_the_run_folder(dataset, tmp_path):
     from covidzoo.train import Dist
 
     trainer.precision, trainer.dist = Precision("fp32"), Dist()
+    trainer.channels_last_scans = False
     result = trainer.evaluate(model, val, None)
     assert result["auc"] == pytest.approx(summary["best_val_auc"], abs=1e-12)
 
