@@ -315,7 +315,7 @@ def test_models_show_other_components_print_metadata(invoke):
         (["--bottleneck-ratio", "nan"], "--bottleneck-ratio: nan must be positive"),
         (["--se-ratio", "1"], "--se-ratio: 1.0 must be below 1"),
         (["--widths", "1,128,256,512", "--bottleneck-ratio", "0.25"], "no bottleneck channel"),
-        (["--input-size", "64,224"], "--input-size: give 3 sizes"),
+        (["--input-size", "64,224"], "--input-size takes D,H,W, got '64,224'"),
     ],
 )
 def test_bad_options_are_one_line_exit_2(runner, args, message):

@@ -180,7 +180,8 @@ def test_cli_train_json_summary_and_bad_flags(dataset, tmp_path, invoke, runner)
     summary = json.loads(result.output)
     assert summary["out"] == str(run) and summary["epochs_run"] == 1
     for args, message in [
-        (["--size", "16,32"], "--size '16,32': expected three positive integers D,H,W"),
+        (["--size", "16,32"], "--size takes D,H,W, got '16,32'"),
+        (["--size", "16,0,32"], "--size: 0 must be positive"),
         (["--depths", "2,,6"], "--depths"),
         (["--backbones", "resnet18,densenet121"], "--backbones applies to resdense2d"),
         (["--model-arg", "oops"], "--model-arg takes KEY=VALUE, got 'oops'"),

@@ -9,12 +9,43 @@ from typing import Any
 
 import click
 
+from ..errors import BadInputError
+
+
+def parse_positive_int(flag: str, text: str) -> int:
+    """One positive integer; anything else is bad input naming `flag`."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise BadInputError(f"{flag}: '{text}' is not an integer") from None
+    if value <= 0:
+        raise BadInputError(f"{flag}: {value} must be positive")
+    return value
+
+
+def parse_int_list(flag: str, text: str) -> list[int]:
+    """`"2,6,12,4"` -> `[2, 6, 12, 4]`; empty items, non-integers and values <= 0 are refused."""
+    items = text.split(",")
+    if any(not item.strip() for item in items):
+        raise BadInputError(f"{flag}: '{text}' has an empty item; give integers like 2,6,12,4")
+    return [parse_positive_int(flag, item) for item in items]
+
+
+SIZE_NAMES = {3: "D,H,W", 2: "H,W"}
+
+
+def parse_size(flag: str, text: str, lengths: Sequence[int] = (3,)) -> tuple[int, ...]:
+    """`"64,224,224"` -> `(64, 224, 224)`: positive integers, as many as one of `lengths`."""
+    size = parse_int_list(flag, text)
+    if len(size) not in lengths:
+        shapes = " or ".join(SIZE_NAMES[n] for n in lengths)
+        raise BadInputError(f"{flag} takes {shapes}, got '{text}'")
+    return tuple(size)
+
 
 def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
     """`--model-arg KEY=VALUE` pairs as keyword arguments of a backbone's factory; values are
     JSON when they parse as JSON (numbers, lists, booleans), else strings."""
-    from ..errors import BadInputError
-
     kwargs: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")

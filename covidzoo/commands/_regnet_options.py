@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import BadInputError
+from ._common import parse_int_list, parse_positive_int
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,16 +50,6 @@ def regnet3d_options(function: F) -> F:
     return function
 
 
-def _int(flag: str, text: str) -> int:
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise BadInputError(f"{flag}: '{text}' is not an integer") from None
-    if value <= 0:
-        raise BadInputError(f"{flag}: {value} must be positive")
-    return value
-
-
 def _float(flag: str, text: str, allow_zero: bool = False) -> float:
     try:
         value = float(text.strip())
@@ -67,14 +58,6 @@ def _float(flag: str, text: str, allow_zero: bool = False) -> float:
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise BadInputError(f"{flag}: {text} must be {'>= 0' if allow_zero else 'positive'}")
     return value
-
-
-def parse_int_list(flag: str, text: str) -> list[int]:
-    """`"2,6,12,4"` -> `[2, 6, 12, 4]`; empty items, non-integers and values <= 0 are refused."""
-    items = text.split(",")
-    if any(not item.strip() for item in items):
-        raise BadInputError(f"{flag}: '{text}' has an empty item; give integers like 2,6,12,4")
-    return [_int(flag, item) for item in items]
 
 
 def regnet3d_kwargs(options: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +77,7 @@ def regnet3d_kwargs(options: dict[str, Any]) -> dict[str, Any]:
         if kind == "ints":
             kwargs[param] = parse_int_list(flag, text)
         elif kind == "int":
-            kwargs[param] = _int(flag, text)
+            kwargs[param] = parse_positive_int(flag, text)
         else:
             kwargs[param] = _float(flag, text, allow_zero=kind == "ratio")
     if "se_ratio" in kwargs and kwargs["se_ratio"] >= 1:

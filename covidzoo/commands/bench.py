@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..errors import BadInputError
-from ._common import parse_model_args, print_json, print_table
+from ._common import parse_model_args, parse_size, print_json, print_table
 
 ALL_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
@@ -24,18 +24,6 @@ def parse_list(option: str, text: str, choices: Sequence[str]) -> list[str]:
     if not values:
         raise BadInputError(f"{option}: give at least one of {', '.join(choices)}")
     return list(dict.fromkeys(values))
-
-
-def parse_size(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        size = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        size = ()
-    if len(size) not in (2, 3):
-        raise BadInputError(f"--input-size takes D,H,W (or H,W for a 2D backbone), got '{text}'")
-    return size
 
 
 def _options(r: dict[str, Any]) -> str:
@@ -151,9 +139,10 @@ def bench(patterns: tuple[str, ...], mode: str | None, precision_text: str | Non
     names = list_models(list(patterns) or "*", kind="backbone")
     if not names:
         raise BadInputError(f"no backbone matches {' '.join(patterns)}; see 'covidzoo models'")
+    size = None if input_size is None else parse_size("--input-size", input_size, (3, 2))
     common = dict(
         fold_bn=fold_bn, cudnn_benchmark=cudnn_benchmark, batch_size=batch_size,
-        input_size=parse_size(input_size), device=device, warmup=warmup, iters=iters,
+        input_size=size, device=device, warmup=warmup, iters=iters,
         model_args=parse_model_args(model_arg), e2e_cache=None if cache is None else str(cache),
         workers=workers, threads=threads,
     )

@@ -11,10 +11,9 @@ import click
 
 from ..errors import BadInputError
 from ..registry import KINDS, Component
-from ._common import DefaultGroup, print_json, print_table
+from ._common import DefaultGroup, parse_size, print_json, print_table
 from ._regnet_options import (
     check_regnet3d_options,
-    parse_int_list,
     regnet3d_kwargs,
     regnet3d_options,
 )
@@ -132,11 +131,7 @@ def show(
 def _input_size(text: str | None, metadata: Mapping[str, Any]) -> tuple[int, ...]:
     if text is None:
         return tuple(metadata["input_size"])
-    size = parse_int_list("--input-size", text)
-    dims = metadata["spatial_dims"]
-    if len(size) != dims:
-        raise BadInputError(f"--input-size: give {dims} sizes for a {dims}D backbone, got '{text}'")
-    return tuple(size)
+    return parse_size("--input-size", text, lengths=(metadata["spatial_dims"],))
 
 
 def _human(n: int | None) -> str:

@@ -6,23 +6,8 @@ from typing import Any
 
 import click
 
-from ._common import parse_model_args, print_json
+from ._common import parse_model_args, parse_size, print_json
 from ._regnet_options import check_regnet3d_options, regnet3d_kwargs, regnet3d_options
-
-
-def parse_size(value: str | None) -> tuple[int, int, int] | None:
-    """`D,H,W` as three positive integers."""
-    if value is None:
-        return None
-    from ..errors import BadInputError
-
-    try:
-        size = tuple(int(v) for v in value.split(","))
-    except ValueError:
-        size = ()
-    if len(size) != 3 or min(size) < 1:
-        raise BadInputError(f"--size '{value}': expected three positive integers D,H,W")
-    return size  # type: ignore[return-value]
 
 
 @click.command("train")
@@ -93,7 +78,7 @@ def train(backbone: str, backbones: str | None, model_arg: tuple[str, ...], size
     cfg = TrainConfig(
         backbone=backbone,
         model_args=model_args,
-        size=parse_size(size),
+        size=None if size is None else parse_size("--size", size),
         compile=compile_,
         **{k: v for k, v in options.items() if k in train_keys},
     )
