@@ -54,6 +54,24 @@ class Precision:
         return torch.autocast(device_type=device_type, dtype=self.amp_dtype)
 
 
+def resolve_device(name: str | None) -> Any:
+    """`--device`: CUDA when available and nothing was asked for, else what was asked for
+    (`cpu`, `cuda` or `cuda:N`); anything else, or CUDA on a machine without it, is bad input."""
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cuda", "cpu"):
+        raise BadInputError(f"--device {name}: choose cuda or cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BadInputError("--device cuda: no CUDA device is available here; use --device cpu")
+    return device
+
+
 def device_class(device: Any) -> str:
     """"cpu", or the CUDA device's marketing family ("h100", "h200", "a100", ...) or "cuda"."""
     import torch

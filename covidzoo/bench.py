@@ -181,20 +181,12 @@ def check_input_size(cfg: BenchConfig) -> None:
 
 def check(cfg: BenchConfig) -> None:
     """Everything that makes a configuration bad input, checked before any measurement."""
-    import torch
 
-    from .amp import COMPILE_MODES, resolve_precision
+    from .amp import COMPILE_MODES, resolve_device, resolve_precision
 
     if cfg.mode not in MODES:
         raise BadInputError(f"unknown mode '{cfg.mode}'; choose from {', '.join(MODES)}")
-    try:
-        device = torch.device(cfg.device)
-    except RuntimeError as exc:
-        raise BadInputError(f"--device {cfg.device}: choose cuda or cpu") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BadInputError("--device cuda: no CUDA device is available; use --device cpu")
-    if device.type not in ("cuda", "cpu"):
-        raise BadInputError(f"--device {cfg.device}: choose cuda or cpu")
+    device = resolve_device(cfg.device)
     resolve_precision(cfg.precision, device, cfg.model, cfg.mode, cfg.channels_last)
     if cfg.compile_mode is not None and cfg.compile_mode not in COMPILE_MODES:
         raise BadInputError(

@@ -47,19 +47,6 @@ CLASS_DEFINITIONS: dict[int, str] = {
 }
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """`--device`: CUDA when available and nothing was asked for, else what was asked for."""
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise BadInputError(f"unknown device '{name}'; use cpu or cuda[:N]") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BadInputError("--device cuda: no CUDA device is available here; use --device cpu")
-    return device
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -540,7 +527,6 @@ __all__ = [
     "predict_paths",
     "prepare_model",
     "read_ensemble_file",
-    "resolve_device",
     "resolve_threshold",
     "stored_threshold",
     "write_ensemble_file",

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__, get_component
-from .amp import Precision, resolve_precision
+from .amp import Precision, resolve_device, resolve_precision
 from .augment import AugmentConfig, ScanAugment, to_model_input
 from .checkpoint import (
     ModelSpec,
@@ -286,11 +286,7 @@ class Trainer:
         self.quiet = quiet
         if cfg.epochs is not None and cfg.epochs < 1:
             raise BadInputError("--epochs must be at least 1")
-        self.device = torch.device(
-            cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        )
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise BadInputError("--device cuda: no CUDA device is available")
+        self.device = resolve_device(cfg.device)
         self.dist = setup_distributed(self.device)
         if self.dist.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -115,10 +115,11 @@ def evaluate(model: Path, data_root: Path | None, manifest: Path | None, workers
     youden uses the Youden point of the evaluated data instead (optimistic: labelled so).
     """
     from .. import inference
+    from ..amp import resolve_device
     from ..metrics import binary_report, predict_labels
 
     start = time.perf_counter()
-    predictor = inference.load_predictor(model, inference.resolve_device(device), precision)
+    predictor = inference.load_predictor(model, resolve_device(device), precision)
     data = inference.load_eval_data(predictor.members, data_root, manifest, [split], workers,
                                     progress=not as_json)
     rows = data.indices(split)
@@ -238,6 +239,7 @@ def ensemble(checkpoints: tuple[Path, ...], data_root: Path | None, manifest: Pa
     import numpy as np
 
     from .. import inference
+    from ..amp import resolve_device
     from ..ensemble import create_ensembler
     from ..metrics import binary_report, youden_threshold
 
@@ -245,7 +247,7 @@ def ensemble(checkpoints: tuple[Path, ...], data_root: Path | None, manifest: Pa
         if inference.is_ensemble_file(path):
             raise BadInputError(f"{path}: an ensemble file; ensemble members must be checkpoints")
     ensembler = create_ensembler(method)  # an unknown method fails before any work
-    target = inference.resolve_device(device)
+    target = resolve_device(device)
     members = [inference.load_member(p, target, precision) for p in checkpoints]
     inference.check_members(members)
     data = inference.load_eval_data(members, data_root, manifest, [fit_split, split], workers,
@@ -341,8 +343,9 @@ def predict(model: Path, scans: tuple[Path, ...], csv_path: Path | None, device:
     model preprocesses it with the configuration recorded in its checkpoint.
     """
     from .. import inference
+    from ..amp import resolve_device
 
-    predictor = inference.load_predictor(model, inference.resolve_device(device), precision)
+    predictor = inference.load_predictor(model, resolve_device(device), precision)
     found = inference.predict_paths(predictor, scans, batch_size)
     if not found.paths:
         raise BadInputError(f"every scan failed ({len(found.failed)}); first: "
