@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +45,9 @@ from .checkpoint import (
 )
 from .errors import BadInputError, CovidzooError
 from .fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from .data import CachedScans
 
 # What the demo (no --data) trains on: small enough for a 2-core CPU in a few minutes.
 DEMO_SIZE = (32, 64, 64)
@@ -149,8 +152,8 @@ def all_reduce_mean(dist: Dist, value: float, count: int) -> float:
 
 @dataclass
 class Data:
-    train: Dataset
-    val: Dataset
+    train: CachedScans
+    val: CachedScans
     preprocess: dict[str, Any]
     source: str
 
@@ -204,22 +207,15 @@ def load_data(
     return Data(train, val, preprocess.to_dict(), source)
 
 
-def labels_of(dataset: Dataset) -> np.ndarray:
-    labels = getattr(dataset, "labels", None)
-    if labels is None:
-        labels = [int(dataset[i][1]) for i in range(len(dataset))]  # type: ignore[arg-type]
-    return np.asarray(labels, dtype=np.int64)
-
-
 def check_data(data: Data, batch_size: int) -> None:
-    n_train = len(data.train)  # type: ignore[arg-type]
+    n_train = len(data.train)
     if n_train == 0:
         raise BadInputError(f"no training scans found in {data.source}")
-    if len(data.val) == 0:  # type: ignore[arg-type]
+    if len(data.val) == 0:
         raise BadInputError(
             f"no validation scans in {data.source}; give a val split or --val-split"
         )
-    if len(set(labels_of(data.train).tolist())) < 2:
+    if len(set(data.train.labels)) < 2:
         raise BadInputError(f"the training scans of {data.source} hold one class only")
     if batch_size > n_train:
         raise BadInputError(
