@@ -247,6 +247,16 @@ def default_out(backbone: str) -> str:
     return str(Path("runs") / f"{backbone}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
+def fine_tunable(model: nn.Module) -> Any:
+    """The module with the staged fine-tuning API (`freeze_backbones`, `unfreeze_last`): the
+    model itself or the backbone inside its aggregator; None when there is none."""
+    model = unwrap_model(model)
+    for candidate in (model, getattr(model, "backbone", None)):
+        if hasattr(candidate, "freeze_backbones"):
+            return candidate
+    return None
+
+
 def rng_state() -> dict[str, Any]:
     state = {
         "torch": torch.get_rng_state(),
@@ -387,11 +397,8 @@ class Trainer:
             data = load_data(cfg, size, quiet=True, prepare=False)
         check_data(data, cfg.batch_size)
         model, spec = self._build_model(data.preprocess)
-        staged = cfg.freeze_epochs > 0
-        if staged and not hasattr(unwrap_model(model), "freeze_backbones"):
-            inner = getattr(unwrap_model(model), "backbone", None)
-            if not hasattr(inner, "freeze_backbones"):
-                raise BadInputError(f"--freeze-epochs: '{cfg.backbone}' has no staged fine-tuning")
+        if cfg.freeze_epochs > 0 and fine_tunable(model) is None:
+            raise BadInputError(f"--freeze-epochs: '{cfg.backbone}' has no staged fine-tuning")
         optimizer = get_component(cfg.optimizer, "optimizer").create(
             params=[p for p in model.parameters()], lr=cfg.lr, weight_decay=cfg.weight_decay
         )
@@ -514,12 +521,9 @@ class Trainer:
         cfg = self.cfg
         if cfg.freeze_epochs <= 0:
             return
-        target = unwrap_model(model)
-        target = target if hasattr(target, "freeze_backbones") else target.backbone
-        if epoch <= cfg.freeze_epochs:
-            target.freeze_backbones()
-        else:
-            target.freeze_backbones()
+        target = fine_tunable(model)
+        target.freeze_backbones()
+        if epoch > cfg.freeze_epochs:
             target.unfreeze_last(cfg.unfreeze_last)
 
     def _train_epoch(
