@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -603,7 +603,7 @@ class Trainer:
                    scaler: Any, augment: ScanAugment | None, *, epoch: int, best_auc: float,
                    stale: int, threshold: float | None = None) -> None:
         last = self.out / "last.safetensors"
-        spec_last = ModelSpec(**{**spec.__dict__, "threshold": threshold})
+        spec_last = replace(spec, threshold=threshold)
         # The state first: a last.safetensors always has the state of its own epoch beside it.
         save_state(last, {
             "epoch": epoch, "best_auc": best_auc, "stale": stale,
