@@ -38,6 +38,26 @@ def to_model_input(
     return x
 
 
+def device_batch(
+    scans: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    channels_last: bool = False,
+    augment: ScanAugment | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A loader batch on the device: the model input (augmented when `augment` is given) and
+    the float targets `B x 1`, unknown labels (-1) as 0.
+
+    Both copies are asynchronous (the loader pins its memory on CUDA): a blocking copy would make
+    the host wait for the previous training step before it can queue this one.
+    """
+    x = to_model_input(scans.to(device, non_blocking=True), channels_last=channels_last)
+    if augment is not None:
+        x = augment(x)
+    y = labels.to(device, non_blocking=True).clamp(min=0).to(torch.float32).view(-1, 1)
+    return x, y
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
     """Ranges of the random transforms (all recorded in the run's config.json)."""

@@ -9,8 +9,9 @@ Modelled on timm's `benchmark.py`:
 - warm-up steps (which include `torch.compile`, cuDNN autotuning and CUDA-graph recording), then
   timed steps between two device synchronisations: the steps queue on the device as they do in a
   real run, so the time is the throughput, launch overhead included;
-- a training step is the whole step: forward, BCE-with-logits loss, backward, SGD step (and the
-  gradient scaler under fp16);
+- a training step is the training loop's own step (`covidzoo.train.train_step`): forward,
+  BCE-with-logits loss, backward, momentum SGD step (fused on CUDA), and the gradient scaler
+  under fp16;
 - out of memory, the batch size decays in timm's power-of-two steps and the result records the
   batch size that fit;
 - results are flat dicts with prefixed keys (`infer_samples_per_sec`, `train_step_time`, ...)
@@ -356,9 +357,10 @@ def _prepare(model: Any, cfg: BenchConfig, channels_last: bool, compile_mode: st
 def run_config(cfg: BenchConfig) -> dict[str, Any]:
     """Measure one configuration in this process: a flat result dict (see the module doc)."""
     import torch
-    import torch.nn.functional as F
 
     from .amp import resolve_precision
+    from .optim import sgd
+    from .train import train_step
 
     check(cfg)
     device = torch.device(cfg.device)
@@ -423,40 +425,36 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
         result.update(decaying_batch(infer, result["batch_size"], device))
         return _rounded(result)
 
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    # The training loop's own step (covidzoo.train.train_step) with momentum SGD, fused on CUDA.
+    optimizer = sgd(model.parameters(), lr=1e-4, momentum=0.9, nesterov=False)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
 
-    def train_step(x: Any, target: Any) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        logits = forward(x)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), target)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+    def step(x: Any, target: Any) -> None:
+        train_step(model, x, target, optimizer, scaler, precision, cuda_graphs=mark_step)
 
     def train(batch: int) -> dict[str, Any]:
         x = _scan_batch(batch, cfg, size, data_dtype, input_channels_last, device)
         target = torch.randint(0, 2, (batch, num_classes), device=device).float()
-        step_s, warmup_s, peak = timed(lambda: train_step(x, target), cfg.warmup, cfg.iters,
-                                       device)
+        step_s, warmup_s, peak = timed(lambda: step(x, target), cfg.warmup, cfg.iters, device)
         return {**_figures("train", batch, step_s, warmup_s, slices), "peak_memory_mb": peak}
 
     result.update(decaying_batch(train, result["batch_size"], device))
     if cfg.e2e_cache is not None:
-        result.update(_end_to_end(cfg, result, train_step, input_channels_last,
+        result.update(_end_to_end(cfg, result, step, input_channels_last,
                                   num_classes, slices, device))
     return _rounded(result)
 
 
-def _end_to_end(cfg: BenchConfig, result: dict[str, Any], train_step: Callable[[Any, Any], None],
+def _end_to_end(cfg: BenchConfig, result: dict[str, Any], step: Callable[[Any, Any], None],
                 channels_last: bool, num_classes: int, slices: int | None, device: Any,
                 ) -> dict[str, Any]:
-    """Training steps fed from the cache: DataLoader (workers, pinned memory) -> device ->
-    `to_model_input` -> `ScanAugment` -> step, at the batch size the pure steps fit."""
+    """Training steps fed from the cache as `covidzoo train` feeds them: DataLoader (persistent
+    workers, pinned memory) -> `device_batch` (copy, `to_model_input`, `ScanAugment`) -> step,
+    at the batch size the pure steps fit. Epoch ends are included: the stream runs over them."""
     import torch
     from torch.utils.data import DataLoader
 
-    from .augment import ScanAugment, to_model_input
+    from .augment import ScanAugment, device_batch
     from .data.cache import CachedScans
 
     batch = result["train_batch_size"]
@@ -476,13 +474,11 @@ def _end_to_end(cfg: BenchConfig, result: dict[str, Any], train_step: Callable[[
 
     stream = batches()
 
-    def step() -> None:
-        scans, labels = next(stream)
-        x = to_model_input(scans.to(device, non_blocking=True), channels_last=channels_last)
-        target = labels.to(device, non_blocking=True).clamp(min=0).float()
-        train_step(augment(x), target[:, None].expand(-1, num_classes))
+    def fed_step() -> None:
+        x, y = device_batch(*next(stream), device, channels_last, augment)
+        step(x, y.expand(-1, num_classes))
 
-    step_s, warmup_s, _ = timed(step, cfg.warmup, cfg.iters, device)
+    step_s, warmup_s, _ = timed(fed_step, cfg.warmup, cfg.iters, device)
     figures = _figures("e2e", batch, step_s, warmup_s, slices)
     figures["e2e_ratio"] = round(step_s * 1000 / result["train_step_time"], 3)
     figures["e2e_workers"] = cfg.workers

@@ -2,6 +2,12 @@
 
 Each takes `(params, lr, weight_decay, **kwargs)` so the training loop can build any registered
 optimizer the same way.
+
+Adam, AdamW and SGD use PyTorch's fused CUDA kernels when every parameter is on a GPU (pass
+`fused=False` for the multi-tensor ones). Besides being one kernel per step, a fused optimizer
+takes the fp16 `GradScaler`'s scale and inf check on the device; with any other optimizer the
+scaler reads the check on the host after every backward, which makes the host wait for each step
+before it can queue the next batch.
 """
 
 from __future__ import annotations
@@ -14,13 +20,26 @@ import torch
 from .errors import BadInputError
 
 
+def _fused_on_cuda(params: Iterable[Any], kw: dict[str, Any]) -> list[Any]:
+    """`params` as a list; sets `kw["fused"] = True` when all of them are on CUDA and the caller
+    chose no implementation. `params` may be tensors or param-group dicts, as in torch.
+    """
+    params = [dict(p, params=list(p["params"])) if isinstance(p, dict) else p for p in params]
+    tensors = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    if "fused" not in kw and "foreach" not in kw and tensors and all(t.is_cuda for t in tensors):
+        kw["fused"] = True
+    return params
+
+
 def adam(params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0, **kw: Any):
     """Adam (Kingma & Ba), L2 weight decay added to the gradient."""
+    params = _fused_on_cuda(params, kw)
     return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kw)
 
 
 def adamw(params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 1e-2, **kw: Any):
     """AdamW: Adam with decoupled weight decay (Loshchilov & Hutter)."""
+    params = _fused_on_cuda(params, kw)
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, **kw)
 
 
@@ -33,6 +52,7 @@ def sgd(
     **kw: Any,
 ):
     """SGD with Nesterov momentum 0.9 (the usual choice for training CNNs from scratch)."""
+    params = _fused_on_cuda(params, kw)
     return torch.optim.SGD(
         params, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov, **kw
     )

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__, get_component
 from .amp import Precision, resolve_device, resolve_precision
-from .augment import AugmentConfig, ScanAugment, to_model_input
+from .augment import AugmentConfig, ScanAugment, device_batch
 from .checkpoint import (
     ModelSpec,
     load_state,
@@ -87,7 +87,7 @@ class TrainConfig:
     out: str | None = None
     resume: bool = False
     device: str | None = None
-    workers: int = 0
+    workers: int | None = None  # None: 0 on CPU, several on CUDA (see default_workers)
     patience: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,7 +198,7 @@ def load_data(
     if not prepare:  # another rank prepared it
         train, val = CachedScans(cache_dir, split="train"), CachedScans(cache_dir, split="val")
         return Data(train, val, preprocess.to_dict(), source)
-    result = prepare_cache(records, cache_dir, preprocess, workers=max(cfg.workers, 1),
+    result = prepare_cache(records, cache_dir, preprocess, workers=max(cfg.workers or 1, 1),
                            progress=not quiet)
     if result.failed and not quiet:
         print(f"covidzoo: {len(result.failed)} scan(s) failed to read and were skipped",
@@ -278,6 +278,36 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def default_workers(device: torch.device) -> int:
+    """Loader processes when --workers is not given: none on CPU, where the model step needs
+    every core, and up to 8 on CUDA, where the GPU must never wait for the next batch."""
+    if device.type != "cuda":
+        return 0
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: Any, scaler: Any,
+               precision: Precision, *, cuda_graphs: bool = False,
+               pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimizer step on a device batch; returns the loss, detached and not yet read.
+
+    Nothing here waits for the device, so the host queues the next batch's copy and augmentation
+    while this step runs (with fp16, the `GradScaler` skips its per-step check only for
+    optimizers that take the scale themselves: the fused ones, see `covidzoo.optim`).
+    `covidzoo bench` times this same function.
+    """
+    if cuda_graphs:  # a new iteration: CUDA-graph outputs of the last one may be overwritten
+        torch.compiler.cudagraph_mark_step_begin()
+    with precision.autocast(x.device.type):
+        logits = model(x)
+    loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -297,6 +327,8 @@ class Trainer:
         if self.dist.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
+        self.workers = default_workers(self.device) if cfg.workers is None else cfg.workers
+        self._loaders: dict[int, tuple[Dataset, DataLoader]] = {}
         self.precision: Precision = resolve_precision(
             cfg.precision, self.device, cfg.backbone, "train", cfg.channels_last
         )
@@ -342,25 +374,31 @@ class Trainer:
             print(message, file=sys.stderr)
 
     def _loader(self, dataset: Dataset, train: bool, epoch: int) -> DataLoader:
-        sampler = None
-        generator = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
-        if self.dist.world > 1:
-            from torch.utils.data.distributed import DistributedSampler
+        """One loader per data set for the whole run, its workers kept between epochs (starting
+        them again each epoch would stall the GPU), in the order of `epoch`.
 
-            sampler = DistributedSampler(dataset, shuffle=train, seed=self.cfg.seed,
+        The order is a function of (seed, epoch) alone, so a resumed run reads what an
+        uninterrupted one would. `DistributedSampler` gives it, also for a single process.
+        """
+        from torch.utils.data.distributed import DistributedSampler
+
+        if id(dataset) not in self._loaders:
+            sampler = DistributedSampler(dataset, num_replicas=self.dist.world,
+                                         rank=self.dist.rank, shuffle=train, seed=self.cfg.seed,
                                          drop_last=False)
-            sampler.set_epoch(epoch)
-        return DataLoader(
-            dataset,
-            batch_size=self.cfg.batch_size,
-            shuffle=train and sampler is None,
-            sampler=sampler,
-            generator=generator,
-            num_workers=self.cfg.workers,
-            pin_memory=self.device.type == "cuda",
-            drop_last=train and len(dataset) > self.cfg.batch_size,  # type: ignore[arg-type]
-            persistent_workers=False,
-        )
+            loader = DataLoader(
+                dataset,
+                batch_size=self.cfg.batch_size,
+                sampler=sampler,
+                num_workers=self.workers,
+                pin_memory=self.device.type == "cuda",
+                drop_last=train and len(dataset) > self.cfg.batch_size,  # type: ignore[arg-type]
+                persistent_workers=self.workers > 0,
+            )
+            self._loaders[id(dataset)] = (dataset, loader)  # the data set kept: ids stay unique
+        loader = self._loaders[id(dataset)][1]
+        loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        return loader
 
     def _build_model(self, preprocess: dict[str, Any]) -> tuple[nn.Module, ModelSpec]:
         from . import default_aggregator
@@ -431,6 +469,7 @@ class Trainer:
                     "precision_resolved": self.precision.name,
                     "channels_last_resolved": self.precision.channels_last,
                     "compile_mode_resolved": self.compile_mode,
+                    "workers_resolved": self.workers,
                     "device": str(self.device), "world_size": self.dist.world,
                     "model": spec.to_dict(), "augment_config": AugmentConfig().to_dict(),
                     "data_source": data.source, "n_train": len(data.train),
@@ -499,6 +538,8 @@ class Trainer:
             interrupted = True
             self._log(f"interrupted: {self.out / 'last.safetensors'} holds epoch {completed};"
                       " continue with --resume")
+        finally:
+            self._loaders.clear()  # stops the loader workers
         best = max(history, key=lambda r: r["val_auc"] or -1.0) if history else None
         return {
             "out": str(self.out),
@@ -532,28 +573,20 @@ class Trainer:
     ) -> tuple[float, int]:
         model.train()
         loader = self._loader(dataset, train=True, epoch=epoch)
-        total, seen = 0.0, 0
+        cuda_graphs = self.compile_mode in ("reduce-overhead", "max-autotune")
+        # The loss is summed on the device and read once per epoch: reading it every step
+        # would make the host wait for each step before queueing the next.
+        total, seen = torch.zeros((), device=self.device), 0
         with self._progress(len(loader), f"epoch {epoch}/{epochs}") as advance:
             for batch, labels in loader:
-                x = to_model_input(batch.to(self.device, non_blocking=True),
-                                   channels_last=self.channels_last_scans)
-                if augment is not None:
-                    x = augment(x)
-                y = labels.to(self.device, dtype=torch.float32).view(-1, 1)
-                if self.compile_mode in ("reduce-overhead", "max-autotune"):
-                    torch.compiler.cudagraph_mark_step_begin()  # CUDA graph replay per step
-                with self.precision.autocast(self.device.type):
-                    logits = model(x)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                x, y = device_batch(batch, labels, self.device, self.channels_last_scans, augment)
+                loss = train_step(model, x, y, optimizer, scaler, self.precision,
+                                  cuda_graphs=cuda_graphs, pos_weight=pos_weight)
                 scheduler.step()
-                total += float(loss.detach()) * len(y)
+                total += loss * len(y)
                 seen += len(y)
                 advance()
-        return total / max(seen, 1), seen
+        return float(total) / max(seen, 1), seen
 
     @torch.inference_mode()
     def evaluate(self, model: nn.Module, dataset: Dataset,
@@ -566,17 +599,16 @@ class Trainer:
         indices = list(iter(loader.sampler))
         probs, labels, losses = [], [], []
         for batch, y in loader:
-            x = to_model_input(batch.to(self.device), channels_last=self.channels_last_scans)
+            x, yt = device_batch(batch, y, self.device, self.channels_last_scans)
             with self.precision.autocast(self.device.type):
                 logits = model(x).float()
-            yt = y.to(self.device, dtype=torch.float32).view(-1, 1)
             losses.append(F.binary_cross_entropy_with_logits(
-                logits, yt, pos_weight=pos_weight, reduction="none").view(-1).cpu().numpy())
-            probs.append(torch.sigmoid(logits).view(-1).cpu().numpy())
-            labels.append(y.numpy())
-        idx, p, t, lo = all_gather_arrays(
-            self.dist, np.asarray(indices), np.concatenate(probs), np.concatenate(labels),
-            np.concatenate(losses),
+                logits, yt, pos_weight=pos_weight, reduction="none").view(-1))
+            probs.append(torch.sigmoid(logits).view(-1))
+            labels.append(y)
+        idx, p, t, lo = all_gather_arrays(  # one copy to the host, not one per batch
+            self.dist, np.asarray(indices), torch.cat(probs).cpu().numpy(),
+            torch.cat(labels).numpy(), torch.cat(losses).cpu().numpy(),
         )
         _, first = np.unique(idx, return_index=True)  # DistributedSampler pads with repeats
         p, t, lo = p[first], t[first].astype(np.int64), lo[first]

@@ -106,3 +106,17 @@ def test_novograd_second_moment_stays_float32_for_bf16_after_a_reload():
     reloaded.load_state_dict(opt.state_dict())
     reloaded.step()
     assert reloaded.state[w]["exp_avg_sq"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_fused_kernels_only_for_parameters_on_cuda(name):
+    factory = covidzoo.get_component(name, "optimizer").create
+    w = torch.nn.Parameter(torch.ones(3))
+    # Param groups whose params are a generator are read once, not exhausted by the check.
+    opt = factory(params=[{"params": (p for p in [w])}], lr=0.1, weight_decay=0.0)
+    assert not opt.defaults.get("fused") and opt.param_groups[0]["params"] == [w]
+    assert not factory(params=[w], lr=0.1, weight_decay=0.0, foreach=True).defaults.get("fused")
+    if torch.cuda.is_available():
+        g = torch.nn.Parameter(torch.ones(3, device="cuda"))
+        assert factory(params=[g], lr=0.1, weight_decay=0.0).defaults["fused"]
+        assert not factory(params=[g], lr=0.1, weight_decay=0.0, fused=False).defaults["fused"]

@@ -67,7 +67,7 @@ def test_full_tiny_run_writes_the_run_folder(dataset, tmp_path):
     from covidzoo.train import Dist
 
     trainer.precision, trainer.dist = Precision("fp32"), Dist()
-    trainer.channels_last_scans = False
+    trainer.channels_last_scans, trainer.workers, trainer._loaders = False, 0, {}
     result = trainer.evaluate(model, val, None)
     assert result["auc"] == pytest.approx(summary["best_val_auc"], abs=1e-12)
 
@@ -293,3 +293,31 @@ def test_channels_last_for_3d_and_2d_models(dataset, tmp_path, backbone, model_a
     assert summary["epochs_run"] == 1
     resolved = json.loads((tmp_path / backbone / "config.json").read_text())
     assert resolved["channels_last_resolved"] is True
+
+
+def _loader_trainer(workers: int) -> Trainer:
+    from covidzoo.train import Dist
+
+    trainer = Trainer.__new__(Trainer)  # only for its _loader(); no run folder checks
+    trainer.cfg = TrainConfig("regnet3d", batch_size=2, seed=3)
+    trainer.device, trainer.dist = torch.device("cpu"), Dist()
+    trainer.workers, trainer._loaders = workers, {}
+    return trainer
+
+
+def test_loader_keeps_its_workers_and_orders_by_seed_and_epoch():
+    data = torch.utils.data.TensorDataset(torch.arange(10), torch.zeros(10))
+    trainer = _loader_trainer(workers=1)
+
+    def order(t: Trainer, epoch: int) -> list[int]:
+        return [int(i) for batch, _ in t._loader(data, train=True, epoch=epoch) for i in batch]
+
+    first = order(trainer, 1)
+    workers = trainer._loaders[id(data)][1]._iterator._workers
+    second = order(trainer, 2)
+    # One loader for the run, its worker processes kept from one epoch to the next.
+    assert trainer._loaders[id(data)][1]._iterator._workers == workers
+    assert sorted(first) == sorted(second) == list(range(10)) and first != second
+    # A resumed run (a fresh trainer) reads epoch 2 in the same order.
+    assert order(_loader_trainer(workers=0), 2) == second
+    trainer._loaders.clear()

@@ -50,8 +50,8 @@ from ._regnet_options import check_regnet3d_options, regnet3d_kwargs, regnet3d_o
 @click.option("--out", type=click.Path(), help="Run folder (default runs/BACKBONE-TIME).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.safetensors.")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]))
-@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Data-loader worker processes.")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="Data-loader worker processes.  [default: 0 on CPU, up to 8 on CUDA]")
 @click.option("--patience", type=click.IntRange(min=1), help="Early stopping patience (epochs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def train(backbone: str, backbones: str | None, model_arg: tuple[str, ...], size: str | None,
