@@ -22,7 +22,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 __all__ = ["AUTO_TABLE", "COMPILE_MODES", "PRECISIONS", "Precision", "device_class",
-           "resolve_precision"]
+           "resolve_precision", "tune_cudnn"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,16 @@ def resolve_device(name: str | None) -> Any:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BadInputError("--device cuda: no CUDA device is available here; use --device cpu")
     return device
+
+
+def tune_cudnn(device: Any) -> None:
+    """Let cuDNN autotune its convolution algorithms on CUDA (`cudnn.benchmark`), as every
+    measurement behind `AUTO_TABLE` did: a run's shapes are fixed, so the search is paid once.
+    Results on the GPU are then not bit-reproducible; CPU runs are unaffected."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
 
 
 def device_class(device: Any) -> str:

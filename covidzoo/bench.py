@@ -28,6 +28,7 @@ also give slices per second.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -70,7 +71,7 @@ class BenchConfig:
     iters: int = 20
     model_args: dict[str, Any] = field(default_factory=dict)
     e2e_cache: str | None = None  # training only: also time steps fed from this cache
-    workers: int = 4  # data-loader workers of the end-to-end measurement
+    workers: int | None = None  # loader workers of --e2e; None: as `covidzoo train` chooses
     threads: int | None = None  # torch's intra-op CPU threads (None: torch's default)
     seed: int = 0
 
@@ -451,25 +452,22 @@ def _end_to_end(cfg: BenchConfig, result: dict[str, Any], step: Callable[[Any, A
     """Training steps fed from the cache as `covidzoo train` feeds them: DataLoader (persistent
     workers, pinned memory) -> `device_batch` (copy, `to_model_input`, `ScanAugment`) -> step,
     at the batch size the pure steps fit. Epoch ends are included: the stream runs over them."""
-    import torch
-    from torch.utils.data import DataLoader
-
     from .augment import ScanAugment, device_batch
     from .data.cache import CachedScans
+    from .train import default_workers, training_loader
 
     batch = result["train_batch_size"]
     dataset = CachedScans(cfg.e2e_cache)
     if len(dataset) < batch:
         raise BadInputError(f"--cache {cfg.e2e_cache} holds {len(dataset)} scans, fewer than "
                             f"one batch of {batch}")
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
-                        num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                        persistent_workers=cfg.workers > 0,
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    workers = default_workers(device) if cfg.workers is None else cfg.workers
+    loader = training_loader(dataset, batch, workers, device, seed=cfg.seed)
     augment = ScanAugment(seed=cfg.seed)
 
     def batches() -> Iterator[Any]:
-        while True:
+        for epoch in itertools.count():
+            loader.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
             yield from loader
 
     stream = batches()
@@ -481,7 +479,7 @@ def _end_to_end(cfg: BenchConfig, result: dict[str, Any], step: Callable[[Any, A
     step_s, warmup_s, _ = timed(fed_step, cfg.warmup, cfg.iters, device)
     figures = _figures("e2e", batch, step_s, warmup_s, slices)
     figures["e2e_ratio"] = round(step_s * 1000 / result["train_step_time"], 3)
-    figures["e2e_workers"] = cfg.workers
+    figures["e2e_workers"] = workers
     figures["e2e_cache"] = str(cfg.e2e_cache)
     return figures
 

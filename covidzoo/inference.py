@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 from torch import nn
 
 from . import __version__
-from .amp import Precision, resolve_precision
+from .amp import Precision, resolve_precision, tune_cudnn
 from .augment import to_model_input
 from .checkpoint import ModelSpec, load_checkpoint
 from .data.preprocess import PreprocessConfig, load_scan
@@ -130,6 +130,7 @@ def load_member(
     precision_mode = resolve_precision(precision, device, spec.backbone, mode="infer")
     dims = get_component(spec.backbone, "backbone").metadata.get("spatial_dims", 3)
     model = prepare_model(model, device, precision_mode, fold=fold, spatial_dims=dims)
+    tune_cudnn(device)
     return Member(path, spec, model, precision_mode, device, int(num_classes))
 
 

@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__, get_component
-from .amp import Precision, resolve_device, resolve_precision
+from .amp import Precision, resolve_device, resolve_precision, tune_cudnn
 from .augment import AugmentConfig, ScanAugment, device_batch
 from .checkpoint import (
     ModelSpec,
@@ -286,6 +286,26 @@ def default_workers(device: torch.device) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
+def training_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, *,
+                    seed: int = 0, shuffle: bool = True, drop_last: bool = True,
+                    dist: Dist | None = None) -> DataLoader:
+    """The loader of a training run, kept for the whole run: call `loader.sampler.set_epoch(e)`
+    before each epoch. Its workers persist between epochs (starting them again each epoch would
+    stall the GPU) and it pins memory on CUDA, for asynchronous copies.
+
+    The order is a function of (seed, epoch) alone, so a resumed run reads what an uninterrupted
+    one would. `DistributedSampler` gives it, for a single process too.
+    """
+    from torch.utils.data.distributed import DistributedSampler
+
+    dist = dist or Dist()
+    sampler = DistributedSampler(dataset, num_replicas=dist.world, rank=dist.rank,
+                                 shuffle=shuffle, seed=seed, drop_last=False)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", drop_last=drop_last,
+                      persistent_workers=workers > 0)
+
+
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: Any, scaler: Any,
                precision: Precision, *, cuda_graphs: bool = False,
                pos_weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -327,6 +347,7 @@ class Trainer:
         if self.dist.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
+        tune_cudnn(self.device)
         self.workers = default_workers(self.device) if cfg.workers is None else cfg.workers
         self._loaders: dict[int, tuple[Dataset, DataLoader]] = {}
         self.precision: Precision = resolve_precision(
@@ -374,26 +395,12 @@ class Trainer:
             print(message, file=sys.stderr)
 
     def _loader(self, dataset: Dataset, train: bool, epoch: int) -> DataLoader:
-        """One loader per data set for the whole run, its workers kept between epochs (starting
-        them again each epoch would stall the GPU), in the order of `epoch`.
-
-        The order is a function of (seed, epoch) alone, so a resumed run reads what an
-        uninterrupted one would. `DistributedSampler` gives it, also for a single process.
-        """
-        from torch.utils.data.distributed import DistributedSampler
-
+        """The run's loader of `dataset` (one per data set, see `training_loader`) at `epoch`."""
         if id(dataset) not in self._loaders:
-            sampler = DistributedSampler(dataset, num_replicas=self.dist.world,
-                                         rank=self.dist.rank, shuffle=train, seed=self.cfg.seed,
-                                         drop_last=False)
-            loader = DataLoader(
-                dataset,
-                batch_size=self.cfg.batch_size,
-                sampler=sampler,
-                num_workers=self.workers,
-                pin_memory=self.device.type == "cuda",
+            loader = training_loader(
+                dataset, self.cfg.batch_size, self.workers, self.device, seed=self.cfg.seed,
+                shuffle=train, dist=self.dist,
                 drop_last=train and len(dataset) > self.cfg.batch_size,  # type: ignore[arg-type]
-                persistent_workers=self.workers > 0,
             )
             self._loaders[id(dataset)] = (dataset, loader)  # the data set kept: ids stay unique
         loader = self._loaders[id(dataset)][1]

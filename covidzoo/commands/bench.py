@@ -105,7 +105,8 @@ def rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
 @click.option("--e2e", is_flag=True, help="Also time training steps fed from --cache through "
               "the data loader and GPU augmentation.")
 @click.option("--cache", type=click.Path(path_type=Path), help="A prepared cache (--e2e).")
-@click.option("--workers", default=4, show_default=True, help="Data-loader workers (--e2e).")
+@click.option("--workers", type=click.IntRange(min=0),
+              help="Data-loader workers (--e2e).  [default: as covidzoo train: up to 8 on CUDA]")
 @click.option("--json", "json_path", metavar="FILE", help="Write the results as JSON ('-': "
               "stdout, no table).")
 @click.option("--csv", "csv_path", metavar="FILE", help="Write the results as CSV.")
@@ -113,7 +114,7 @@ def bench(patterns: tuple[str, ...], mode: str | None, precision_text: str | Non
           channels_last: bool, compile_mode: str | None, fold_bn: bool, cudnn_benchmark: bool,
           batch_size: int | None, input_size: str | None, device: str | None, warmup: int,
           iters: int, threads: int | None, model_arg: tuple[str, ...], baseline: bool,
-          isolate: bool | None, e2e: bool, cache: Path | None, workers: int,
+          isolate: bool | None, e2e: bool, cache: Path | None, workers: int | None,
           json_path: str | None, csv_path: str | None) -> None:
     """Measure samples (scans) per second of the backbones matching PATTERNS (fnmatch; default:
     every backbone) with their default aggregator, for inference and training steps.
