@@ -5,9 +5,9 @@ optimizer the same way.
 
 Adam, AdamW and SGD use PyTorch's fused CUDA kernels when every parameter is on a GPU (pass
 `fused=False` for the multi-tensor ones). Besides being one kernel per step, a fused optimizer
-takes the fp16 `GradScaler`'s scale and inf check on the device; with any other optimizer the
-scaler reads the check on the host after every backward, which makes the host wait for each step
-before it can queue the next batch.
+takes the fp16 `GradScaler`'s scale and inf check on the device, and so does NovoGrad; with any
+other optimizer (RMSprop) the scaler reads the check on the host after every backward, which
+makes the host wait for each step before it can queue the next batch.
 """
 
 from __future__ import annotations
@@ -102,6 +102,11 @@ class NovoGrad(torch.optim.Optimizer):
                         grad_averaging=grad_averaging, amsgrad=amsgrad)
         super().__init__(params, defaults)
 
+    # Under fp16, `GradScaler` hands its scale and inf flag over as device tensors
+    # (`self.grad_scale`, `self.found_inf`) instead of reading the flag on the host, which would
+    # make the host wait for every step; a step with an inf or nan gradient then changes nothing.
+    _step_supports_amp_scaling = True
+
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One update of every parameter with a gradient; `closure` re-evaluates the loss."""
@@ -109,40 +114,95 @@ class NovoGrad(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        grad_scale = getattr(self, "grad_scale", None)
+        found_inf = getattr(self, "found_inf", None)
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            scale = 1 - beta1 if group["grad_averaging"] else 1.0
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 grad = p.grad
                 if grad.is_sparse:
                     raise BadInputError("NovoGrad does not support sparse gradients")
-                state = self.state[p]
+                if grad_scale is not None:
+                    grad = grad / grad_scale.to(grad.device)
                 # The norm in float32 at least, kept on the device: no host sync per tensor.
                 norm_sq = grad.to(torch.promote_types(grad.dtype, torch.float32)).square().sum()
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = norm_sq.clone()
-                    if group["amsgrad"]:
-                        state["max_exp_avg_sq"] = norm_sq.clone()
+                if found_inf is None:
+                    self._update(p, grad, norm_sq, group)
                 else:
-                    # load_state_dict casts state to the parameter's dtype: back to float32.
-                    for key in ("exp_avg_sq", "max_exp_avg_sq"):
-                        if key in state and state[key].dtype != norm_sq.dtype:
-                            state[key] = state[key].to(norm_sq.dtype)
-                    state["exp_avg_sq"].mul_(beta2).add_(norm_sq, alpha=1 - beta2)
-                state["step"] += 1
-                v = state["exp_avg_sq"]
-                if group["amsgrad"]:
-                    v = torch.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-                direction = grad / (v.sqrt() + group["eps"]).to(grad.dtype)
-                if group["weight_decay"]:
-                    direction.add_(p, alpha=group["weight_decay"])
-                state["exp_avg"].mul_(beta1).add_(direction, alpha=scale)
-                p.add_(state["exp_avg"], alpha=-group["lr"])
+                    self._masked_update(p, grad, norm_sq, group, found_inf.to(p.device) == 0)
         return loss
+
+    def _moments(self, p: torch.Tensor, norm_sq: torch.Tensor) -> dict[str, Any]:
+        """The state of `p`; second moments in float32 whatever `load_state_dict` cast them to."""
+        state = self.state[p]
+        for key in ("exp_avg_sq", "max_exp_avg_sq"):
+            if key in state and state[key].dtype != norm_sq.dtype:
+                state[key] = state[key].to(norm_sq.dtype)
+        return state
+
+    def _direction(self, p: torch.Tensor, grad: torch.Tensor, v: torch.Tensor,
+                   group: dict[str, Any]) -> torch.Tensor:
+        direction = grad / (v.sqrt() + group["eps"]).to(grad.dtype)
+        if group["weight_decay"]:
+            direction.add_(p, alpha=group["weight_decay"])
+        return direction
+
+    def _update(self, p: torch.Tensor, grad: torch.Tensor, norm_sq: torch.Tensor,
+                group: dict[str, Any]) -> None:
+        beta1, beta2 = group["betas"]
+        state = self._moments(p, norm_sq)
+        if "exp_avg" not in state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = norm_sq.clone()
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = norm_sq.clone()
+        elif state.get("updates", 1) == 0:  # every earlier step skipped (inf): this is the first
+            state["exp_avg_sq"].copy_(norm_sq)
+        else:
+            state["exp_avg_sq"].mul_(beta2).add_(norm_sq, alpha=1 - beta2)
+        state["step"] += 1
+        if "updates" in state:
+            state["updates"] += 1
+        v = state["exp_avg_sq"]
+        if group["amsgrad"]:
+            v = torch.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
+        scale = 1 - beta1 if group["grad_averaging"] else 1.0
+        state["exp_avg"].mul_(beta1).add_(self._direction(p, grad, v, group), alpha=scale)
+        p.add_(state["exp_avg"], alpha=-group["lr"])
+
+    def _masked_update(self, p: torch.Tensor, grad: torch.Tensor, norm_sq: torch.Tensor,
+                       group: dict[str, Any], keep: torch.Tensor) -> None:
+        """`_update` where `keep` (a device bool) says whether it happens: both outcomes are
+        computed and `torch.where` picks, so the host never reads `keep`. `state["updates"]`
+        counts the updates that happened, on the device, for the `v_1 = ||g_1||^2` rule."""
+        beta1, beta2 = group["betas"]
+        state = self._moments(p, norm_sq)
+        if "exp_avg" not in state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(norm_sq)
+            if group["amsgrad"]:
+                state["max_exp_avg_sq"] = torch.zeros_like(norm_sq)
+        if not torch.is_tensor(state.get("updates")):  # from `_update`: all of them happened
+            state["updates"] = torch.tensor(float(state["step"]), device=p.device)
+        first = state["updates"] == 0
+        v_old = state["exp_avg_sq"]
+        v = torch.where(keep, torch.where(first, norm_sq, v_old * beta2 + (1 - beta2) * norm_sq),
+                        v_old)
+        v_old.copy_(v)
+        if group["amsgrad"]:
+            v = torch.where(keep, torch.maximum(state["max_exp_avg_sq"], v),
+                            state["max_exp_avg_sq"])
+            state["max_exp_avg_sq"].copy_(v)
+        scale = 1 - beta1 if group["grad_averaging"] else 1.0
+        m = state["exp_avg"]
+        m_new = m * beta1 + self._direction(p, grad, v, group) * scale
+        m.copy_(torch.where(keep, m_new, m))
+        p.copy_(torch.where(keep, p - group["lr"] * m_new, p))
+        state["step"] += 1
+        state["updates"] += keep.to(state["updates"].dtype)
 
 
 def novograd(params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0, **kw: Any):

@@ -312,8 +312,8 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: An
     """One optimizer step on a device batch; returns the loss, detached and not yet read.
 
     Nothing here waits for the device, so the host queues the next batch's copy and augmentation
-    while this step runs (with fp16, the `GradScaler` skips its per-step check only for
-    optimizers that take the scale themselves: the fused ones, see `covidzoo.optim`).
+    while this step runs (with fp16, the `GradScaler` skips its host-side check only for
+    optimizers that take the scale themselves: the fused ones and NovoGrad, see `covidzoo.optim`).
     `covidzoo bench` times this same function.
     """
     if cuda_graphs:  # a new iteration: CUDA-graph outputs of the last one may be overwritten

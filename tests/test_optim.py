@@ -120,3 +120,37 @@ def test_fused_kernels_only_for_parameters_on_cuda(name):
         g = torch.nn.Parameter(torch.ones(3, device="cuda"))
         assert factory(params=[g], lr=0.1, weight_decay=0.0).defaults["fused"]
         assert not factory(params=[g], lr=0.1, weight_decay=0.0, fused=False).defaults["fused"]
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_novograd_under_a_grad_scaler_unscales_and_skips_inf_steps_on_the_device(amsgrad):
+    """fp16 training: GradScaler gives NovoGrad its scale and inf flag as tensors. A step with
+    an inf gradient changes nothing, and the next finite step is NovoGrad's first."""
+    params = {k: torch.tensor(v, requires_grad=True) for k, v in W0.items()}
+    opt = NovoGrad(list(params.values()), lr=0.1, weight_decay=0.1, betas=(0.9, 0.5),
+                   amsgrad=amsgrad)
+    # The scale changes every step (halved after the inf, then doubled): NovoGrad's normalisation
+    # would hide a constant scale that was never divided out, not a changing one.
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+    reference = {k: torch.tensor(v, requires_grad=True) for k, v in W0.items()}
+    plain = NovoGrad(list(reference.values()), lr=0.1, weight_decay=0.1, betas=(0.9, 0.5),
+                     amsgrad=amsgrad)
+    inf = {"a": [float("inf"), 1.0], "b": [1.0]}
+    for grads in [inf, *GRADS]:
+        # The loss sum(w * g) has gradient g: scaled by the scaler, unscaled by the optimizer.
+        loss = sum((p * torch.tensor(grads[k])).sum() for k, p in params.items())
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+        if grads is inf:
+            for k, p in params.items():
+                assert p.detach().tolist() == W0[k]
+            assert opt.state[params["a"]]["updates"].item() == 0
+            continue
+        for k, p in reference.items():
+            p.grad = torch.tensor(grads[k])
+        plain.step()
+    for k in params:
+        torch.testing.assert_close(params[k].detach(), reference[k].detach())
+    assert scaler.get_scale() == 2.0**11
