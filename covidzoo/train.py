@@ -280,10 +280,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def default_workers(device: torch.device) -> int:
     """Loader processes when --workers is not given: none on CPU, where the model step needs
-    every core, and up to 8 on CUDA, where the GPU must never wait for the next batch."""
+    every core, and up to 8 on CUDA, where the GPU must never wait for the next batch, sharing
+    the cores with the other processes torchrun started on this machine."""
     if device.type != "cuda":
         return 0
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    cores = (os.cpu_count() or 2) // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(1, min(8, cores - 1))
 
 
 def training_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device, *,

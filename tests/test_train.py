@@ -321,3 +321,15 @@ def test_loader_keeps_its_workers_and_orders_by_seed_and_epoch():
     # A resumed run (a fresh trainer) reads epoch 2 in the same order.
     assert order(_loader_trainer(workers=0), 2) == second
     trainer._loaders.clear()
+
+
+def test_default_workers_none_on_cpu_and_shared_between_local_ranks(monkeypatch):
+    from covidzoo.train import default_workers
+
+    assert default_workers(torch.device("cpu")) == 0
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert default_workers(torch.device("cuda")) == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert default_workers(torch.device("cuda")) == 3
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert default_workers(torch.device("cuda")) == 1
