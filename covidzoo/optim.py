@@ -127,82 +127,60 @@ class NovoGrad(torch.optim.Optimizer):
                     grad = grad / grad_scale.to(grad.device)
                 # The norm in float32 at least, kept on the device: no host sync per tensor.
                 norm_sq = grad.to(torch.promote_types(grad.dtype, torch.float32)).square().sum()
-                if found_inf is None:
-                    self._update(p, grad, norm_sq, group)
-                else:
-                    self._masked_update(p, grad, norm_sq, group, found_inf.to(p.device) == 0)
+                keep = None if found_inf is None else found_inf.to(p.device) == 0
+                self._update(p, grad, norm_sq, group, keep)
         return loss
 
-    def _moments(self, p: torch.Tensor, norm_sq: torch.Tensor) -> dict[str, Any]:
-        """The state of `p`; second moments in float32 whatever `load_state_dict` cast them to."""
+    def _state(self, p: torch.Tensor, norm_sq: torch.Tensor,
+               group: dict[str, Any]) -> dict[str, Any]:
+        """The state of `p`, created on its first step. The second moments and `updates` (how
+        many updates happened, on the device) are float32 whatever `load_state_dict` cast them
+        to; a state saved before `updates` existed had every step applied."""
         state = self.state[p]
-        for key in ("exp_avg_sq", "max_exp_avg_sq"):
-            if key in state and state[key].dtype != norm_sq.dtype:
-                state[key] = state[key].to(norm_sq.dtype)
-        return state
-
-    def _direction(self, p: torch.Tensor, grad: torch.Tensor, v: torch.Tensor,
-                   group: dict[str, Any]) -> torch.Tensor:
-        direction = grad / (v.sqrt() + group["eps"]).to(grad.dtype)
-        if group["weight_decay"]:
-            direction.add_(p, alpha=group["weight_decay"])
-        return direction
-
-    def _update(self, p: torch.Tensor, grad: torch.Tensor, norm_sq: torch.Tensor,
-                group: dict[str, Any]) -> None:
-        beta1, beta2 = group["betas"]
-        state = self._moments(p, norm_sq)
-        if "exp_avg" not in state:
-            state["step"] = 0
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = norm_sq.clone()
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = norm_sq.clone()
-        elif state.get("updates", 1) == 0:  # every earlier step skipped (inf): this is the first
-            state["exp_avg_sq"].copy_(norm_sq)
-        else:
-            state["exp_avg_sq"].mul_(beta2).add_(norm_sq, alpha=1 - beta2)
-        state["step"] += 1
-        if "updates" in state:
-            state["updates"] += 1
-        v = state["exp_avg_sq"]
-        if group["amsgrad"]:
-            v = torch.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
-        scale = 1 - beta1 if group["grad_averaging"] else 1.0
-        state["exp_avg"].mul_(beta1).add_(self._direction(p, grad, v, group), alpha=scale)
-        p.add_(state["exp_avg"], alpha=-group["lr"])
-
-    def _masked_update(self, p: torch.Tensor, grad: torch.Tensor, norm_sq: torch.Tensor,
-                       group: dict[str, Any], keep: torch.Tensor) -> None:
-        """`_update` where `keep` (a device bool) says whether it happens: both outcomes are
-        computed and `torch.where` picks, so the host never reads `keep`. `state["updates"]`
-        counts the updates that happened, on the device, for the `v_1 = ||g_1||^2` rule."""
-        beta1, beta2 = group["betas"]
-        state = self._moments(p, norm_sq)
         if "exp_avg" not in state:
             state["step"] = 0
             state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(norm_sq)
-            if group["amsgrad"]:
-                state["max_exp_avg_sq"] = torch.zeros_like(norm_sq)
-        if not torch.is_tensor(state.get("updates")):  # from `_update`: all of them happened
+        if group["amsgrad"] and "max_exp_avg_sq" not in state:
+            state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
+        if "updates" not in state:
             state["updates"] = torch.tensor(float(state["step"]), device=p.device)
-        first = state["updates"] == 0
-        v_old = state["exp_avg_sq"]
-        v = torch.where(keep, torch.where(first, norm_sq, v_old * beta2 + (1 - beta2) * norm_sq),
-                        v_old)
-        v_old.copy_(v)
+        for key in ("exp_avg_sq", "max_exp_avg_sq", "updates"):
+            if key in state and state[key].dtype != norm_sq.dtype:
+                state[key] = state[key].to(norm_sq.dtype)
+        return state
+
+    def _update(self, p: torch.Tensor, grad: torch.Tensor, norm_sq: torch.Tensor,
+                group: dict[str, Any], keep: torch.Tensor | None) -> None:
+        """One NovoGrad update of `p`. With `keep` (a device bool: no inf in this step) both
+        outcomes are computed and `torch.where` picks, so the host never reads the flag."""
+        beta1, beta2 = group["betas"]
+        state = self._state(p, norm_sq, group)
+        # v_1 = ||g_1||^2: the first update that happens sets v, later ones average into it.
+        v = torch.where(state["updates"] == 0, norm_sq,
+                        state["exp_avg_sq"] * beta2 + (1 - beta2) * norm_sq)
+        moments = {"exp_avg_sq": v}
         if group["amsgrad"]:
-            v = torch.where(keep, torch.maximum(state["max_exp_avg_sq"], v),
-                            state["max_exp_avg_sq"])
-            state["max_exp_avg_sq"].copy_(v)
+            v = moments["max_exp_avg_sq"] = torch.maximum(state["max_exp_avg_sq"], v)
+        direction = grad / (v.sqrt() + group["eps"]).to(grad.dtype)
+        if group["weight_decay"]:
+            direction.add_(p, alpha=group["weight_decay"])
         scale = 1 - beta1 if group["grad_averaging"] else 1.0
         m = state["exp_avg"]
-        m_new = m * beta1 + self._direction(p, grad, v, group) * scale
-        m.copy_(torch.where(keep, m_new, m))
-        p.copy_(torch.where(keep, p - group["lr"] * m_new, p))
+        if keep is None:
+            for key, value in moments.items():
+                state[key].copy_(value)
+            m.mul_(beta1).add_(direction, alpha=scale)
+            p.add_(m, alpha=-group["lr"])
+            state["updates"] += 1
+        else:
+            for key, value in moments.items():
+                state[key].copy_(torch.where(keep, value, state[key]))
+            m_new = m * beta1 + direction * scale
+            m.copy_(torch.where(keep, m_new, m))
+            p.copy_(torch.where(keep, p - group["lr"] * m_new, p))
+            state["updates"] += keep.to(state["updates"].dtype)
         state["step"] += 1
-        state["updates"] += keep.to(state["updates"].dtype)
 
 
 def novograd(params: Iterable[Any], lr: float = 1e-3, weight_decay: float = 0.0, **kw: Any):
