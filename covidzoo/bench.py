@@ -9,7 +9,7 @@ Modelled on timm's `benchmark.py`:
 - warm-up steps (which include `torch.compile`, cuDNN autotuning and CUDA-graph recording), then
   timed steps between two device synchronisations: the steps queue on the device as they do in a
   real run, so the time is the throughput, launch overhead included;
-- a training step is the training loop's own step (`covidzoo.train.train_step`): forward,
+- a training step is the training loop's own step (`covidzoo.loop.train_step`): forward,
   BCE-with-logits loss, backward, momentum SGD step (fused on CUDA), and the gradient scaler
   under fp16;
 - out of memory, the batch size decays in timm's power-of-two steps and the result records the
@@ -40,12 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import BadInputError, CovidzooError
+from ._version import __version__
+from .errors import BadInputError, CovidzooError, one_line
+from .factory import DEFAULT_SLICES, default_scan_size, get_component
 
 MODES = ("infer", "train")
 DEFAULT_BATCH = {"infer": 32, "train": 4}
-DEFAULT_SLICES = 64  # slices per scan for a 2D backbone without --input-size
 # The side of the (meta-device) probe that measures how much a backbone reduces its input.
 PROBE_SIDE = 1024
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -55,7 +55,7 @@ RESULTS_KIND = "covidzoo-bench"
 @dataclass(frozen=True)
 class BenchConfig:
     """One configuration to measure. `precision="auto"` takes channels-last and the compile
-    mode from `covidzoo.amp.AUTO_TABLE` as well, whatever `channels_last`/`compile_mode` say."""
+    mode from `covidzoo.runtime.AUTO_TABLE` as well, whatever `channels_last`/`compile_mode` say."""
 
     model: str
     mode: str = "infer"
@@ -70,8 +70,9 @@ class BenchConfig:
     warmup: int = 5
     iters: int = 20
     model_args: dict[str, Any] = field(default_factory=dict)
+    aggregator_args: dict[str, Any] = field(default_factory=dict)
     e2e_cache: str | None = None  # training only: also time steps fed from this cache
-    workers: int | None = None  # loader workers of --e2e; None: as `covidzoo train` chooses
+    workers: int | None = None  # loader workers of --e2e; None: runtime.default_workers
     threads: int | None = None  # torch's intra-op CPU threads (None: torch's default)
     seed: int = 0
 
@@ -92,8 +93,6 @@ class BenchConfig:
 
 
 def _component(name: str) -> Any:
-    from . import get_component
-
     return get_component(name, "backbone")
 
 
@@ -120,10 +119,7 @@ def scan_size(cfg: BenchConfig) -> tuple[int, int, int]:
                 "leave it out with --e2e"
             )
         return cached  # type: ignore[return-value]
-    if size is None:
-        default = tuple(meta["input_size"])
-        size = (DEFAULT_SLICES, *default) if dims == 2 else default
-    return tuple(size)  # type: ignore[return-value]
+    return default_scan_size(cfg.model) if size is None else tuple(size)  # type: ignore
 
 
 def _fmt(size: Sequence[int], sep: str = "x") -> str:
@@ -131,14 +127,11 @@ def _fmt(size: Sequence[int], sep: str = "x") -> str:
 
 
 def build_model(cfg: BenchConfig) -> Any:
-    """`create_model(cfg.model, aggregator="auto", **cfg.model_args)`; a bad argument is bad
-    input (the factories raise `TypeError` for unknown keywords)."""
-    from . import create_model
+    """`create_model(cfg.model, aggregator="auto", ...)` with the configuration's arguments."""
+    from .factory import create_model
 
-    try:
-        return create_model(cfg.model, aggregator="auto", **cfg.model_args)
-    except TypeError as exc:
-        raise BadInputError(f"--model-arg for '{cfg.model}': {exc}") from exc
+    return create_model(cfg.model, aggregator="auto", aggregator_args=cfg.aggregator_args,
+                        **cfg.model_args)
 
 
 def channels(cfg: BenchConfig) -> int:
@@ -176,7 +169,7 @@ def check_input_size(cfg: BenchConfig) -> None:
         with torch.no_grad():
             model(torch.empty(1, channels(cfg), *size, device="meta"))
     except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[0]
+        reason = one_line(exc, with_type=False)
         message = f"input size {_fmt(size)} does not fit '{cfg.model}': {reason}"
         raise BadInputError(message) from exc
 
@@ -184,7 +177,7 @@ def check_input_size(cfg: BenchConfig) -> None:
 def check(cfg: BenchConfig) -> None:
     """Everything that makes a configuration bad input, checked before any measurement."""
 
-    from .amp import COMPILE_MODES, resolve_device, resolve_precision
+    from .runtime import COMPILE_MODES, resolve_device, resolve_precision
 
     if cfg.mode not in MODES:
         raise BadInputError(f"unknown mode '{cfg.mode}'; choose from {', '.join(MODES)}")
@@ -226,7 +219,7 @@ def environment(device: Any) -> dict[str, Any]:
     """What produced a result: device and library versions (never the host name)."""
     import torch
 
-    from .amp import device_class
+    from .runtime import device_class
 
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -315,7 +308,7 @@ def _scan_batch(batch: int, cfg: BenchConfig, size: Sequence[int], data_dtype: A
     """A batch as the model sees it: random uint8 scans through `to_model_input` on the device."""
     import torch
 
-    from .augment import to_model_input
+    from .transforms import to_model_input
 
     generator = torch.Generator().manual_seed(cfg.seed)
     raw = torch.randint(0, 256, (batch, channels(cfg), *size), dtype=torch.uint8,
@@ -336,20 +329,18 @@ def _figures(prefix: str, batch: int, step_s: float, warmup_s: float, slices: in
     return out
 
 
-def _prepare(model: Any, cfg: BenchConfig, channels_last: bool, compile_mode: str | None,
+def _prepare(model: Any, cfg: BenchConfig, precision: Any, compile_mode: str | None,
              device: Any) -> Any:
+    """The model as `covidzoo evaluate` (inference) or `covidzoo train` prepares it."""
     import torch
 
-    from .fold import fold_batchnorm
+    from .runtime import prepare_model, to_layout
 
-    if cfg.mode == "infer":  # fold on the host: the unfolded copy never reaches the device
-        model = fold_batchnorm(model) if cfg.fold_bn else model.eval()
+    dims = _component(cfg.model).metadata["spatial_dims"]
+    if cfg.mode == "infer":
+        model = prepare_model(model, device, precision, dims, fold=cfg.fold_bn)
     else:
-        model.train()
-    model = model.to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last_3d if _component(
-            cfg.model).metadata["spatial_dims"] == 3 else torch.channels_last)
+        model = to_layout(model.train().to(device), precision, dims)
     if compile_mode is not None:
         model = torch.compile(model, mode=compile_mode)
     return model
@@ -359,9 +350,9 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
     """Measure one configuration in this process: a flat result dict (see the module doc)."""
     import torch
 
-    from .amp import resolve_precision
+    from .loop import train_step
     from .optim import sgd
-    from .train import train_step
+    from .runtime import resolve_precision, scans_channels_last
 
     check(cfg)
     device = torch.device(cfg.device)
@@ -378,7 +369,7 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
     dims = _component(cfg.model).metadata["spatial_dims"]
     slices = size[0] if dims == 2 else None
     base = build_model(cfg)
-    input_channels_last = precision.channels_last and dims == 3
+    input_channels_last = scans_channels_last(precision, dims)
     num_classes = getattr(base, "num_classes", None) or 1
     result: dict[str, Any] = {
         "model": cfg.model,
@@ -397,12 +388,13 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
         "default_input_size": size == scan_size(BenchConfig(cfg.model)),
         "spatial_dims": dims,
         "model_args": cfg.model_args,
+        "aggregator_args": cfg.aggregator_args,
         "param_count": sum(p.numel() for p in base.parameters()),
         "warmup": cfg.warmup,
         "iters": cfg.iters,
         **environment(device),
     }
-    model = _prepare(base, cfg, precision.channels_last, compile_mode, device)
+    model = _prepare(base, cfg, precision, compile_mode, device)
     mark_step = compile_mode in CUDA_GRAPH_MODES
 
     def forward(x: Any) -> Any:
@@ -426,7 +418,7 @@ def run_config(cfg: BenchConfig) -> dict[str, Any]:
         result.update(decaying_batch(infer, result["batch_size"], device))
         return _rounded(result)
 
-    # The training loop's own step (covidzoo.train.train_step) with momentum SGD, fused on CUDA.
+    # The training loop's own step (covidzoo.loop.train_step) with momentum SGD, fused on CUDA.
     optimizer = sgd(model.parameters(), lr=1e-4, momentum=0.9, nesterov=False)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
 
@@ -452,16 +444,17 @@ def _end_to_end(cfg: BenchConfig, result: dict[str, Any], step: Callable[[Any, A
     """Training steps fed from the cache as `covidzoo train` feeds them: DataLoader (persistent
     workers, pinned memory) -> `device_batch` (copy, `to_model_input`, `ScanAugment`) -> step,
     at the batch size the pure steps fit. Epoch ends are included: the stream runs over them."""
-    from .augment import ScanAugment, device_batch
     from .data.cache import CachedScans
-    from .train import default_workers, training_loader
+    from .loop import device_batch, training_loader
+    from .runtime import resolve_workers
+    from .transforms import ScanAugment
 
     batch = result["train_batch_size"]
     dataset = CachedScans(cfg.e2e_cache)
     if len(dataset) < batch:
         raise BadInputError(f"--cache {cfg.e2e_cache} holds {len(dataset)} scans, fewer than "
                             f"one batch of {batch}")
-    workers = default_workers(device) if cfg.workers is None else cfg.workers
+    workers = resolve_workers(cfg.workers, device)
     loader = training_loader(dataset, batch, workers, device, seed=cfg.seed)
     augment = ScanAugment(seed=cfg.seed)
 
@@ -495,8 +488,7 @@ def _rounded(result: dict[str, Any]) -> dict[str, Any]:
 
 def failed_result(cfg: BenchConfig, exc: BaseException | str) -> dict[str, Any]:
     """The result of a configuration that could not be measured: its config and the reason."""
-    reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
-    lines = reason.strip().splitlines()
+    lines = (exc if isinstance(exc, str) else one_line(exc, with_type=True)).strip().splitlines()
     return {**cfg.to_dict(), "error": lines[0] if lines else "failed"}
 
 
@@ -564,24 +556,29 @@ def run_benchmarks(
 
 def write_json(path: str | os.PathLike[str], results: list[dict[str, Any]]) -> None:
     """`{"kind": "covidzoo-bench", "results": [...]}`: what `make_auto_table.py` reads."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps({"kind": RESULTS_KIND, "results": results}, indent=2) + "\n")
+    from .fileio import atomic_write_text
+
+    atomic_write_text(path, json.dumps({"kind": RESULTS_KIND, "results": results}, indent=2)
+                      + "\n")
 
 
 def write_csv(path: str | os.PathLike[str], results: list[dict[str, Any]]) -> None:
     """One row per result; columns in order of first appearance; lists and dicts as JSON."""
     import csv
+    import io
+
+    from .fileio import atomic_write_text
 
     columns: dict[str, None] = {}
     for r in results:
         columns.update(dict.fromkeys(r))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as fp:
-        writer = csv.DictWriter(fp, fieldnames=list(columns))
-        writer.writeheader()
-        for r in results:
-            writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v
-                             for k, v in r.items()})
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
+    writer.writeheader()
+    for r in results:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v
+                         for k, v in r.items()})
+    atomic_write_text(path, buffer.getvalue())
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .errors import BadInputError
 from .fileio import atomic_write, atomic_write_text
 
@@ -40,7 +40,7 @@ class ModelSpec:
 
     def build(self) -> Any:
         """A fresh, randomly initialised model of this spec (through the registry)."""
-        from . import create_model
+        from .factory import create_model
 
         return create_model(
             self.backbone,

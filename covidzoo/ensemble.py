@@ -299,7 +299,7 @@ class StackingEnsembler(Ensembler):
 
 def create_ensembler(method: str, **kwargs: Any) -> Any:
     """A new, unfitted ensembler registered as `method` (built-in or from a plugin)."""
-    from . import get_component
+    from .factory import get_component
 
     return get_component(method, "ensembler").create(**kwargs)
 
@@ -310,7 +310,7 @@ def load_ensembler(data: dict[str, Any]) -> Any:
     The method is looked up in the registry, so a plugin's ensembler restores as a built-in
     does, provided its factory has a `from_dict` class method.
     """
-    from . import get_component
+    from .factory import get_component
 
     if not isinstance(data, dict) or not isinstance(data.get("method"), str):
         raise BadInputError("an ensemble description is a JSON object with a 'method' name")

@@ -29,3 +29,18 @@ class UnknownComponentError(BadInputError, KeyError):
 
 class PluginError(BadInputError):
     """A plugin failed to load or to register its components (raised in strict mode)."""
+
+
+def one_line(exc: BaseException, *, with_type: bool | None = None) -> str:
+    """`exc` as the one line a user is shown: the first line of its message.
+
+    A `CovidzooError` is covidzoo's own words and stands alone; any other exception is prefixed
+    with its type (`OSError: ...`), which is often the only clue. `with_type` overrides that.
+    """
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    if with_type is None:
+        with_type = not isinstance(exc, CovidzooError)
+    if not text:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if with_type else text

@@ -30,14 +30,15 @@ import torch
 from numpy.typing import NDArray
 from torch import nn
 
-from . import __version__
-from .amp import Precision, resolve_precision, tune_cudnn
-from .augment import to_model_input
+from ._version import __version__
 from .checkpoint import ModelSpec, load_checkpoint
 from .data.preprocess import PreprocessConfig, load_scan
-from .errors import BadInputError
+from .data.sources import data_source
+from .errors import BadInputError, one_line
+from .factory import spatial_dims
 from .fileio import atomic_write_text
-from .fold import fold_batchnorm
+from .runtime import Precision, prepare_model, resolve_precision, tune_cudnn
+from .transforms import to_model_input
 
 ENSEMBLE_FORMAT = 1
 # What a model's outputs mean, by their count: one covid logit, or (non-covid, covid) logits.
@@ -63,23 +64,6 @@ def logits_to_probs(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
     if num_classes == 1:
         return torch.sigmoid(logits[:, 0])
     return torch.softmax(logits, dim=1)[:, 1]
-
-
-def prepare_model(
-    model: nn.Module, device: torch.device, precision: Precision, fold: bool = True,
-    spatial_dims: int = 3,
-) -> nn.Module:
-    """`model` ready for inference: eval mode, BatchNorm folded (`fold`), on `device`, and in the
-    channels-last layout of its convolutions when `precision.channels_last` is set.
-
-    Folding works on a copy, so a model that is still being trained is never altered.
-    """
-    model = fold_batchnorm(model) if fold else model.eval()
-    model = model.to(device)
-    if precision.channels_last:
-        layout = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
-        model = model.to(memory_format=layout)
-    return model
 
 
 @dataclass
@@ -117,8 +101,6 @@ def load_member(
     Pickle files and files that are not covidzoo safetensors checkpoints raise `BadInputError`
     before anything is deserialised (see `covidzoo.checkpoint.read_spec`).
     """
-    from . import get_component
-
     path, device = Path(path), torch.device(device)
     model, spec = load_checkpoint(path, "cpu")
     num_classes = getattr(model, "num_classes", None) or spec.model_args.get("num_classes", 1)
@@ -128,8 +110,7 @@ def load_member(
             + " or ".join(CLASS_DEFINITIONS.values())
         )
     precision_mode = resolve_precision(precision, device, spec.backbone, mode="infer")
-    dims = get_component(spec.backbone, "backbone").metadata.get("spatial_dims", 3)
-    model = prepare_model(model, device, precision_mode, fold=fold, spatial_dims=dims)
+    model = prepare_model(model, device, precision_mode, spatial_dims(spec.backbone), fold=fold)
     tune_cudnn(device)
     return Member(path, spec, model, precision_mode, device, int(num_classes))
 
@@ -301,24 +282,10 @@ class EvalData:
         return np.asarray(keep, dtype=np.int64)
 
 
-def data_source(root: str | os.PathLike[str] | None,
-                manifest: str | os.PathLike[str] | None) -> tuple[Any, str]:
-    """`(records, source name)` of `--data ROOT`, `--manifest CSV`, or the demo data (neither),
-    as `train` reads them."""
-    from .data import demo_data, find_scans
-
-    if root is not None and manifest is not None:
-        raise BadInputError("give --data or --manifest, not both")
-    if root is None and manifest is None:
-        return find_scans(root=demo_data()), "demo"
-    records = find_scans(root=root, manifest=manifest)
-    return records, str(Path(root if root is not None else manifest).resolve())  # type: ignore[arg-type]
-
-
 def load_eval_data(
     members: Sequence[Member], root: str | os.PathLike[str] | None = None,
     manifest: str | os.PathLike[str] | None = None, splits: Sequence[str] | None = None,
-    workers: int = 1, progress: bool = True,
+    workers: int = 0, progress: bool = True,
 ) -> EvalData:
     """The scans of `splits` (`None`: all) of a data source, prepared for every member.
 
@@ -328,7 +295,8 @@ def load_eval_data(
     """
     from .data import CachedScans, cache_dir_for, prepare_cache
 
-    records, source = data_source(root, manifest)
+    found = data_source(root, manifest)
+    records, source = found.records(), found.name
     wanted = None if splits is None or "all" in splits else set(splits)
     records = [r for r in records if wanted is None or r.split in wanted]
     if not records:
@@ -372,13 +340,12 @@ def _loader(dataset: Any, rows: Sequence[int], batch_size: int, workers: int,
     from torch.utils.data import DataLoader, Subset
 
     return DataLoader(Subset(dataset, list(rows)), batch_size=batch_size, shuffle=False,
-                      num_workers=workers if workers > 1 else 0,
-                      pin_memory=device.type == "cuda")
+                      num_workers=workers, pin_memory=device.type == "cuda")
 
 
 def member_probs(
     members: Sequence[Member], data: EvalData, indices: Sequence[int], batch_size: int = 8,
-    workers: int = 1,
+    workers: int = 0,
 ) -> tuple[NDArray[np.float64], float]:
     """`(n_scans x n_members probabilities of rows `indices`, seconds of inference)`.
 
@@ -426,9 +393,7 @@ def _read_batches(
             try:
                 volumes = {d: load_scan(path, cfg) for d, cfg in configs.items()}
             except Exception as exc:  # one bad scan must not stop the others
-                text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                reason = text if isinstance(exc, BadInputError) else f"{type(exc).__name__}: {text}"
-                failed.append((str(path), reason))
+                failed.append((str(path), one_line(exc)))
                 continue
             names.append(str(path))
             for d, volume in volumes.items():
@@ -458,57 +423,6 @@ def predict_paths(
     return ScanPredictions(names, probs, failed)
 
 
-# --- thresholds --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Threshold:
-    """A decision threshold and where it came from (`source`: "checkpoint", "ensemble file",
-    "default", "youden" or "option"), with a note for people when it deserves one."""
-
-    value: float
-    source: str
-    note: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "source": self.source, "note": self.note}
-
-
-def stored_threshold(predictor: Predictor) -> Threshold:
-    """The threshold chosen on validation data and stored with the model, else 0.5 (said so)."""
-    if predictor.threshold is None:
-        return Threshold(0.5, "default", f"{predictor.path.name} stores no threshold: 0.5 used")
-    source = "ensemble file" if predictor.kind == "ensemble" else "checkpoint"
-    return Threshold(predictor.threshold, source, "chosen on validation data")
-
-
-def resolve_threshold(
-    choice: str, predictor: Predictor, labels: NDArray[np.int64], probs: NDArray[np.float64]
-) -> Threshold:
-    """`--threshold checkpoint|youden|FLOAT`.
-
-    `checkpoint` (the default) is the one chosen on validation data; `youden` is the Youden point
-    of the data being evaluated, the best cut-off for exactly that data, so the metrics at it
-    are optimistic and labelled so.
-    """
-    from .metrics import youden_threshold
-
-    if choice == "checkpoint":
-        return stored_threshold(predictor)
-    if choice == "youden":
-        return Threshold(youden_threshold(labels, probs), "youden",
-                         "Youden point of the evaluated data: optimistic")
-    try:
-        value = float(choice)
-    except ValueError as exc:
-        raise BadInputError(
-            f"--threshold must be checkpoint, youden or a number, got '{choice}'"
-        ) from exc
-    if not 0.0 <= value <= 1.0:
-        raise BadInputError(f"--threshold must be within [0, 1], got {value}")
-    return Threshold(value, "option", "given on the command line")
-
-
 __all__ = [
     "CLASS_DEFINITIONS",
     "ENSEMBLE_FORMAT",
@@ -516,9 +430,7 @@ __all__ = [
     "Member",
     "Predictor",
     "ScanPredictions",
-    "Threshold",
     "check_members",
-    "data_source",
     "is_ensemble_file",
     "load_eval_data",
     "load_member",
@@ -526,9 +438,6 @@ __all__ = [
     "logits_to_probs",
     "member_probs",
     "predict_paths",
-    "prepare_model",
     "read_ensemble_file",
-    "resolve_threshold",
-    "stored_threshold",
     "write_ensemble_file",
 ]

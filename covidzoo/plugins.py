@@ -19,21 +19,17 @@ from typing import Any
 
 import pluggy
 
-from . import __version__, hookspecs
-from .errors import CovidzooError, PluginError
+from . import hookspecs
+from ._version import __version__
+from .errors import CovidzooError, PluginError, one_line
 from .registry import KIND_HOOKS, Component, Registry
 
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "covidzoo.default_plugins.commands",
-    "covidzoo.default_plugins.optimizers",
-    "covidzoo.default_plugins.regnet3d",
-    "covidzoo.default_plugins.ensemblers",
-    "covidzoo.default_plugins.resdense2d",
+    "covidzoo.default_plugins.backbones",
     "covidzoo.default_plugins.aggregators",
-    "covidzoo.default_plugins.data",
-    "covidzoo.default_plugins.train",
-    "covidzoo.default_plugins.inference",
-    "covidzoo.default_plugins.bench",
+    "covidzoo.default_plugins.ensemblers",
+    "covidzoo.default_plugins.optimizers",
+    "covidzoo.default_plugins.commands",
 )
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
@@ -52,7 +48,7 @@ def strict() -> bool:
 
 def plugin_failed(name: str, exc: BaseException) -> None:
     """Report a third-party plugin that failed: a warning, or `PluginError` in strict mode."""
-    reason = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+    reason = one_line(exc, with_type=True)
     message = f"plugin '{name}' failed and was skipped: {reason}"
     if strict():
         raise PluginError(message.replace(" and was skipped", "")) from exc

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
-from .errors import BadInputError, CovidzooError, UnknownComponentError
+from .errors import BadInputError, CovidzooError, UnknownComponentError, one_line
 
 Kind = Literal["backbone", "aggregator", "ensembler", "optimizer"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
@@ -31,6 +31,91 @@ KIND_HOOKS: dict[Kind, str] = {
 
 class RegistrationError(CovidzooError):
     """A plugin registered a component wrongly (a name clash, a bad name or metadata)."""
+
+
+# What a declared option's text becomes: checked for form here; the component's own config
+# checks the values (ranges, combinations) when it is built, once.
+OPTION_TYPES: dict[str, str] = {
+    "int": "a positive integer",
+    "ints": "positive integers, comma-separated",
+    "float": "a finite number",
+    "str": "a string",
+    "strs": "names, comma-separated",
+}
+_METAVARS = {"int": "INT", "ints": "INTS", "float": "FLOAT", "str": "TEXT", "strs": "NAMES"}
+
+
+@dataclass(frozen=True)
+class ComponentOption:
+    """A command-line option a backbone declares at registration, e.g. regnet3d's `--depths`.
+
+    `train`, `bench` and `models show` offer it; its parsed value is passed to the backbone's
+    factory as the keyword `param`. Declared as `options=[{"flag": "--depths", "param":
+    "depths", "type": "ints", "help": "..."}]` (or `ComponentOption` objects).
+    """
+
+    flag: str
+    param: str
+    type: str = "str"
+    help: str = ""
+
+    @classmethod
+    def of(cls, value: Any, where: str) -> ComponentOption:
+        """A `ComponentOption` from a declaration (a mapping or one already), checked."""
+        try:
+            option = value if isinstance(value, cls) else cls(**dict(value))
+        except (TypeError, ValueError) as exc:
+            raise RegistrationError(f"{where}: a bad option declaration ({exc})") from exc
+        if not (option.flag.startswith("--") and len(option.flag) > 2
+                and option.flag[2:].replace("-", "_").isidentifier()):
+            raise RegistrationError(f"{where}: option flag '{option.flag}' is not --a-name")
+        if not option.param.isidentifier():
+            raise RegistrationError(f"{where}: option param '{option.param}' is no identifier")
+        if option.type not in OPTION_TYPES:
+            raise RegistrationError(f"{where}: option {option.flag} has type '{option.type}';"
+                                    f" choose from {', '.join(OPTION_TYPES)}")
+        return option
+
+    @property
+    def metavar(self) -> str:
+        return _METAVARS[self.type]
+
+    def parse(self, text: str) -> Any:
+        """The option's value from its command-line text; bad form is a `BadInputError`
+        naming the flag."""
+        text = str(text)
+        if self.type in ("int", "ints"):
+            items = text.split(",") if self.type == "ints" else [text]
+            if any(not item.strip() for item in items):
+                raise BadInputError(f"{self.flag}: '{text}' has an empty item; give "
+                                    f"{OPTION_TYPES[self.type]}")
+            values = []
+            for item in items:
+                try:
+                    value = int(item.strip())
+                except ValueError:
+                    raise BadInputError(f"{self.flag}: '{item}' is not an integer") from None
+                if value <= 0:
+                    raise BadInputError(f"{self.flag}: {value} must be positive")
+                values.append(value)
+            return values if self.type == "ints" else values[0]
+        if self.type == "float":
+            try:
+                value = float(text.strip())
+            except ValueError:
+                raise BadInputError(f"{self.flag}: '{text}' is not a number") from None
+            if value != value or value in (float("inf"), float("-inf")):
+                raise BadInputError(f"{self.flag}: {text} is not a finite number")
+            return value
+        if self.type == "strs":
+            names = [n.strip() for n in text.split(",")]
+            if not all(names):
+                raise BadInputError(f"{self.flag}: '{text}' has an empty item")
+            return names
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flag": self.flag, "param": self.param, "type": self.type, "help": self.help}
 
 
 @dataclass(frozen=True)
@@ -60,8 +145,18 @@ class Component:
         return target
 
     def create(self, **kwargs: Any) -> Any:
-        """Build the component; keyword arguments that are `None` are dropped (timm's rule)."""
-        return self.load()(**{k: v for k, v in kwargs.items() if v is not None})
+        """Build the component; keyword arguments that are `None` are dropped (timm's rule).
+
+        A keyword the factory does not take is bad input naming the component.
+        """
+        factory = self.load()
+        try:
+            return factory(**{k: v for k, v in kwargs.items() if v is not None})
+        except TypeError as exc:
+            if "keyword argument" not in str(exc):
+                raise
+            raise BadInputError(f"{self.kind} '{self.name}': {one_line(exc, with_type=False)}"
+                                ) from exc
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (the factory as its import path)."""
@@ -79,6 +174,8 @@ class Component:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, ComponentOption):
+        return value.to_dict()
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -121,6 +218,10 @@ class Registry:
                 raise RegistrationError(
                     f"plugin '{plugin}' registered backbone '{name}' without spatial_dims 2 or 3"
                 )
+            if "options" in metadata:
+                where = f"plugin '{plugin}', {kind} '{name}'"
+                metadata["options"] = tuple(
+                    ComponentOption.of(o, where) for o in metadata["options"] or ())
             staged.append(
                 Component(
                     name=name,

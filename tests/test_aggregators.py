@@ -8,7 +8,8 @@ from torch import nn
 
 import covidzoo
 from covidzoo import hookimpl
-from covidzoo.aggregators import (
+from covidzoo.errors import BadInputError, UnknownComponentError
+from covidzoo.models.aggregators import (
     SliceAttention,
     SliceMax,
     SliceMean,
@@ -16,7 +17,6 @@ from covidzoo.aggregators import (
     Volume,
     top_k_probability_logit,
 )
-from covidzoo.errors import BadInputError, UnknownComponentError
 from covidzoo.plugins import get_plugin_manager
 
 

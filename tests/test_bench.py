@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from covidzoo import amp, bench, hookimpl, plugins
+from covidzoo import bench, hookimpl, plugins, runtime
 from covidzoo.bench import BenchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,8 @@ FAST = ("--batch-size", "2", "--warmup", "1", "--iters", "2", "--threads", "1")
 CONFIG_KEYS = {
     "model", "mode", "precision", "resolved_precision", "amp_dtype", "model_dtype",
     "data_dtype", "channels_last", "compile_mode", "fold_bn", "cudnn_benchmark", "batch_size",
-    "input_size", "default_input_size", "spatial_dims", "model_args", "param_count", "warmup",
+    "input_size", "default_input_size", "spatial_dims", "model_args", "aggregator_args",
+    "param_count", "warmup",
     "iters", "device", "device_name", "device_class", "cpu_count", "threads", "torch", "cuda",
     "cudnn", "python", "covidzoo", "peak_memory_mb", "speedup_vs_fp32",
 }
@@ -258,15 +259,16 @@ def test_generated_table_is_what_the_committed_results_give(tmp_path):
 
 
 def test_resolve_precision_auto_uses_the_table(monkeypatch):
-    monkeypatch.setattr(amp, "device_class", lambda device: "h100")
-    monkeypatch.setitem(amp.AUTO_TABLE, ("h100", "regnet3d", "train"),
+    monkeypatch.setattr(runtime, "device_class", lambda device: "h100")
+    monkeypatch.setitem(runtime.AUTO_TABLE, ("h100", "regnet3d", "train"),
                         ("fp16", True, "reduce-overhead"))
-    p = amp.resolve_precision("auto", "cuda", "regnet3d", "train")
-    assert p == amp.Precision("fp16", True, "reduce-overhead") and p.use_scaler
-    assert amp.resolve_precision("auto", "cuda", "regnet3d", "train", channels_last=False) == (
-        amp.Precision("fp16", False, "reduce-overhead"))
-    assert amp.resolve_precision("auto", "cuda", "not-measured", "infer") == amp.Precision("fp32")
-    assert amp.resolve_precision("fp16", "cuda").compile_mode is None
+    p = runtime.resolve_precision("auto", "cuda", "regnet3d", "train")
+    assert p == runtime.Precision("fp16", True, "reduce-overhead") and p.use_scaler
+    assert runtime.resolve_precision("auto", "cuda", "regnet3d", "train", channels_last=False) == (
+        runtime.Precision("fp16", False, "reduce-overhead"))
+    assert runtime.resolve_precision("auto", "cuda", "not-measured", "infer") == (
+        runtime.Precision("fp32"))
+    assert runtime.resolve_precision("fp16", "cuda").compile_mode is None
 
 
 @pytest.mark.cuda

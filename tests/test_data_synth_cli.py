@@ -109,7 +109,7 @@ def _series_folder(tmp_path):
     (["data", "inspect", "{tmp}/flat.npy"], "{tmp}/flat.npy: expected a D x H x W array"),
     (["data", "inspect", "{tmp}/series", "--series", "1.2"], "{tmp}/series: no series 1.2"),
     (["data", "synth", "{tmp}/s", "--format", "png"], "unknown format 'png'"),
-    (["data", "synth", "{tmp}/s", "--shape", "8,8"], "--shape takes 3 comma-separated ints"),
+    (["data", "synth", "{tmp}/s", "--shape", "8,8"], "--shape takes D,H,W, got '8,8'"),
     (["data", "prepare", "{tmp}/m.csv", "--out", "{tmp}/c"], "{tmp}/m.csv:2: unknown label"),
     (["data", "prepare", "{tmp}/empty", "--out", "{tmp}/c", "--contrast", "x"],
      "unknown contrast 'x'"),

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import covidzoo
-from covidzoo.fold import count_batchnorms, fold_batchnorm, max_fold_error
+from covidzoo.models.folding import count_batchnorms, fold_batchnorm, max_fold_error
 
 
 def trained_stats(model: nn.Module, x: torch.Tensor) -> nn.Module:

@@ -19,12 +19,12 @@ from torch import nn
 
 import covidzoo
 from covidzoo import hookimpl, inference, plugins
-from covidzoo.augment import to_model_input
 from covidzoo.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from covidzoo.data import PreprocessConfig, find_scans, load_scan, synthesize
 from covidzoo.ensemble import create_ensembler
-from covidzoo.fold import count_batchnorms
 from covidzoo.metrics import binary_report, youden_threshold
+from covidzoo.models.folding import count_batchnorms
+from covidzoo.transforms import to_model_input
 
 TINY = {"depths": [1, 1, 1, 1], "widths": [8, 8, 16, 16], "stem_width": 8, "group_widths": 8,
         "zero_init_last": False}

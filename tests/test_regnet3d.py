@@ -306,14 +306,19 @@ def test_models_show_other_components_print_metadata(invoke):
         (["--depths", "2,x,6,4"], "--depths: 'x' is not an integer"),
         (["--widths", "48,0,256,512"], "--widths: 0 must be positive"),
         (["--group-widths", "-8"], "--group-widths: -8 must be positive"),
-        (["--depths", "1,2,3", "--widths", "8,16"], "--widths has 2 values but --depths has 3"),
-        (["--depths", "1,2", "--group-widths", "8,8,8"], "--group-widths has 3 values"),
-        (["--depths", "1,2,3,4", "--w0", "24"], "--depths cannot be combined with --w0"),
-        (["--w0", "24", "--wa", "3"], "missing --wm, --depth"),
-        (["--w0", "20"], "--w0: 20 must be a multiple of 8"),
-        (["--wm", "1"], "--wm: 1.0 must be greater than 1"),
-        (["--bottleneck-ratio", "nan"], "--bottleneck-ratio: nan must be positive"),
-        (["--se-ratio", "1"], "--se-ratio: 1.0 must be below 1"),
+        # Values are checked once, by the model's config (RegNet3DCfg), in its own words.
+        (["--depths", "1,2,3", "--widths", "8,16"], "depths has 3 values but widths has 2"),
+        (["--depths", "1,2", "--widths", "8,16", "--group-widths", "8,8,8"],
+         "group_widths has 3 values"),
+        (["--depths", "1,2,3,4", "--w0", "24", "--wa", "3", "--wm", "2", "--depth", "8"],
+         "give either depths and widths or w0, wa, wm and depth, not both"),
+        (["--w0", "24", "--wa", "3"], "missing wm, depth"),
+        (["--w0", "20", "--wa", "3", "--wm", "2", "--depth", "8"],
+         "w0 must be a positive multiple of 8, got 20"),
+        (["--w0", "24", "--wa", "3", "--wm", "1", "--depth", "8"],
+         "wm must be greater than 1, got 1.0"),
+        (["--bottleneck-ratio", "nan"], "--bottleneck-ratio: nan is not a finite number"),
+        (["--se-ratio", "1"], "se_ratio must be in [0, 1), got 1.0"),
         (["--widths", "1,128,256,512", "--bottleneck-ratio", "0.25"], "no bottleneck channel"),
         (["--input-size", "64,224"], "--input-size takes D,H,W, got '64,224'"),
     ],
@@ -333,17 +338,18 @@ def test_regnet_options_on_another_backbone_are_refused(runner):
     result = runner.invoke(cli, ["models", "show", "tiny3d", "--depths", "1,1"])
     assert result.exit_code == 2
     assert result.stderr.strip() == (
-        "Error: --depths: only for regnet3d backbones, not backbone 'tiny3d'"
+        "Error: --depths: an option of regnet3d*, not of backbone 'tiny3d'"
     )
 
 
-def test_regnet3d_kwargs_keeps_only_given_options():
-    from covidzoo.commands._regnet_options import regnet3d_kwargs
+def test_declared_options_keep_only_given_values():
+    from covidzoo.cli.options import backbone_kwargs
+    from covidzoo.factory import get_component
 
     options = {"depths": "2,6,12,4", "widths": None, "group_widths": "8", "se_ratio": "0",
                "epochs": 3}
-    assert regnet3d_kwargs(options) == {"depths": [2, 6, 12, 4], "group_widths": 8,
-                                        "se_ratio": 0.0}
+    assert backbone_kwargs(get_component("regnet3d"), options) == {
+        "depths": [2, 6, 12, 4], "group_widths": [8], "se_ratio": 0.0}
 
 
 def test_docs_table_quotes_the_golden_numbers():

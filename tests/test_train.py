@@ -63,8 +63,7 @@ def test_full_tiny_run_writes_the_run_folder(dataset, tmp_path):
     val = CachedScans(_cache_dir(run), split="val")
     trainer = Trainer.__new__(Trainer)  # only for its evaluate(); no run folder checks
     trainer.cfg, trainer.device = config(dataset, run), torch.device("cpu")
-    from covidzoo.amp import Precision
-    from covidzoo.train import Dist
+    from covidzoo.runtime import Dist, Precision
 
     trainer.precision, trainer.dist = Precision("fp32"), Dist()
     trainer.channels_last_scans, trainer.workers, trainer._loaders = False, 0, {}
@@ -87,10 +86,10 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(dataset, tmp_path, m
     cut = tmp_path / "cut"
     original = Trainer._train_epoch
 
-    def interrupt_in_epoch_3(self, *args):
-        if args[-2] == 3:  # the epoch argument
+    def interrupt_in_epoch_3(self, state, epoch):
+        if epoch == 3:
             raise KeyboardInterrupt
-        return original(self, *args)
+        return original(self, state, epoch)
 
     monkeypatch.setattr(Trainer, "_train_epoch", interrupt_in_epoch_3)
     summary = train(config(dataset, cut, epochs=3), quiet=True)
@@ -183,7 +182,8 @@ def test_cli_train_json_summary_and_bad_flags(dataset, tmp_path, invoke, runner)
         (["--size", "16,32"], "--size takes D,H,W, got '16,32'"),
         (["--size", "16,0,32"], "--size: 0 must be positive"),
         (["--depths", "2,,6"], "--depths"),
-        (["--backbones", "resnet18,densenet121"], "--backbones applies to resdense2d"),
+        (["--backbones", "resnet18,densenet121"],
+         "--backbones: an option of resdense2d, not of backbone 'regnet3d'"),
         (["--model-arg", "oops"], "--model-arg takes KEY=VALUE, got 'oops'"),
     ]:
         bad = runner.invoke(cli, ["train", "regnet3d", "--data", str(dataset), *args])
@@ -218,10 +218,9 @@ def test_staged_fine_tuning_freezes_then_opens_the_last_layers(dataset, tmp_path
     trainable: dict[int, set[str]] = {}
     original = Trainer._train_epoch
 
-    def record(self, model, *args):
-        epoch = args[-2]
-        trainable[epoch] = {n for n, p in model.named_parameters() if p.requires_grad}
-        return original(self, model, *args)
+    def record(self, state, epoch):
+        trainable[epoch] = {n for n, p in state.model.named_parameters() if p.requires_grad}
+        return original(self, state, epoch)
 
     monkeypatch.setattr(Trainer, "_train_epoch", record)
     cfg = config(dataset, tmp_path / "staged", backbone="resdense2d",
@@ -296,7 +295,7 @@ def test_channels_last_for_3d_and_2d_models(dataset, tmp_path, backbone, model_a
 
 
 def _loader_trainer(workers: int) -> Trainer:
-    from covidzoo.train import Dist
+    from covidzoo.runtime import Dist
 
     trainer = Trainer.__new__(Trainer)  # only for its _loader(); no run folder checks
     trainer.cfg = TrainConfig("regnet3d", batch_size=2, seed=3)
@@ -324,7 +323,7 @@ def test_loader_keeps_its_workers_and_orders_by_seed_and_epoch():
 
 
 def test_default_workers_none_on_cpu_and_shared_between_local_ranks(monkeypatch):
-    from covidzoo.train import default_workers
+    from covidzoo.runtime import default_workers
 
     assert default_workers(torch.device("cpu")) == 0
     monkeypatch.setattr("os.cpu_count", lambda: 16)

@@ -32,8 +32,14 @@ _EXPORTS = {
     "cache_dir_for": "cache",
     "synthesize": "synthetic",
     "demo_data": "synthetic",
-    "cache_root": "synthetic",
+    "cache_root": "paths",
     "DEMO_SHAPE": "synthetic",
+    "DEMO_SIZE": "sources",
+    "DataSource": "sources",
+    "data_source": "sources",
+    "scan_size": "sources",
+    "TrainingData": "sources",
+    "training_data": "sources",
 }
 
 __all__ = sorted([*_EXPORTS, "PreprocessConfig", "load_scan", "preprocess"])

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import BadInputError
+from ..errors import BadInputError, one_line
 from ..fileio import atomic_write, atomic_write_bytes
+from ..progress import progress_bar
 from .layouts import ScanRecord
+from .paths import prepared_dir
 from .preprocess import PreprocessConfig, preprocess
 from .readers import read_scan
 
@@ -45,7 +47,7 @@ class PrepareResult:
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
-    workers: int = 1
+    workers: int = 0
 
     @property
     def scans_per_s(self) -> float:
@@ -110,7 +112,7 @@ def _volume_name(source: str) -> str:
 
 
 def _build(source: str, cfg_dict: dict[str, Any], target: str) -> tuple[list[int], list[str]]:
-    """Read, preprocess and store one scan (runs in a worker process when workers > 1)."""
+    """Read, preprocess and store one scan (in a worker process when workers > 0)."""
     volume = read_scan(source)
     array = preprocess(volume, PreprocessConfig.from_dict(cfg_dict))
     save_volume(Path(target), array)
@@ -119,24 +121,6 @@ def _build(source: str, cfg_dict: dict[str, Any], target: str) -> tuple[list[int
 
 def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core; torch's own threads would oversubscribe
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else ""
-    return text if isinstance(exc, BadInputError) else f"{type(exc).__name__}: {text}".strip(": ")
-
-
-def _rate_column() -> Any:
-    """A rich progress column showing scans per second (rich is imported only when shown)."""
-    from rich.progress import ProgressColumn
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task: Any) -> Text:
-            speed = task.finished_speed or task.speed
-            return Text(f"{speed:.2f} scans/s" if speed else "-- scans/s")
-
-    return Rate()
 
 
 def prepare_cache(
@@ -151,11 +135,11 @@ def prepare_cache(
 
     A scan that fails is listed in `PrepareResult.failed` with its reason and skipped; with
     `strict` the first failure raises `BadInputError`. The cache mirrors `records`: volumes of
-    scans no longer listed are removed. `workers` > 1 builds scans in that many processes.
+    scans no longer listed are removed. `workers` processes build the scans (0: this process).
     """
     cfg = cfg or PreprocessConfig()
-    if workers < 1:
-        raise BadInputError(f"workers must be at least 1, got {workers}")
+    if workers < 0:
+        raise BadInputError(f"--workers must be at least 0, got {workers}")
     out = Path(out_dir)
     volumes = out / VOLUMES
     volumes.mkdir(parents=True, exist_ok=True)
@@ -192,10 +176,10 @@ def prepare_cache(
                outcome: tuple[list[int], list[str]] | BaseException) -> None:
         nonlocal flushed
         if isinstance(outcome, BaseException):
-            result.failed.append((source, _reason(outcome)))
+            result.failed.append((source, one_line(outcome)))
             if strict:
                 write_index(out, cfg, list(entries.values()))
-                raise BadInputError(_reason(outcome)) from outcome
+                raise BadInputError(one_line(outcome)) from outcome
             return
         shape, warnings = outcome
         entries[source] = {
@@ -208,8 +192,8 @@ def prepare_cache(
             write_index(out, cfg, list(entries.values()))
             flushed = time.perf_counter()
 
-    with _progress(progress, len(todo)) as advance:
-        if workers == 1 or len(todo) <= 1:
+    with progress_bar(len(todo), "preparing", enabled=progress, rate_unit="scans") as advance:
+        if workers == 0 or len(todo) <= 1:
             for record, source, fingerprint in todo:
                 try:
                     target = str(volumes / _volume_name(source))
@@ -256,31 +240,6 @@ def _run_pool(todo: list[tuple[ScanRecord, str, dict[str, int]]], cfg: Preproces
             raise
 
 
-class _progress:
-    """A rich progress bar on stderr with scans/s, or nothing when `enabled` is off."""
-
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled and total > 0, total
-
-    def __enter__(self) -> Callable[[], None]:
-        if not self.enabled:
-            return lambda: None
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self.bar = Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            _rate_column(), TimeRemainingColumn(), console=Console(stderr=True),
-        )
-        self.bar.__enter__()
-        task = self.bar.add_task("preparing", total=self.total)
-        return lambda: self.bar.advance(task)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self.bar.__exit__(*exc)
-
-
 class CachedScans(Dataset):
     """The scans of a prepared cache as `(uint8 tensor 1 x D x H x W, label)` pairs.
 
@@ -322,9 +281,4 @@ def cache_dir_for(source: str | os.PathLike[str], cfg: PreprocessConfig) -> Path
     One folder per (source, preprocessing) pair under the user cache directory: a cache mirrors
     the records it was prepared from, so two data sets or two configs must not share one.
     """
-    import hashlib
-
-    from .synthetic import cache_root
-
-    key = json.dumps([str(source), cfg.to_dict()], sort_keys=True)
-    return cache_root() / "prepared" / hashlib.sha1(key.encode()).hexdigest()[:16]
+    return prepared_dir(source, cfg.to_dict())

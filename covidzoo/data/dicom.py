@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BadInputError
+from ..errors import BadInputError, one_line
 from .volume import Volume
 
 _PIXEL_DATA = (0x7FE0, 0x0010)
@@ -126,8 +126,8 @@ def _decoded_pixels(path: Path) -> np.ndarray:
         if syntax is not None and syntax.is_compressed:
             message = f"{path}: cannot decode {name} pixel data; {_DECODERS_HINT}"
             raise BadInputError(message) from exc
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadInputError(f"{path}: cannot read pixel data: {reason}") from exc
+        raise BadInputError(f"{path}: cannot read pixel data: {one_line(exc, with_type=False)}"
+                            ) from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     return np.asarray(array).reshape(frames, int(ds.Rows), int(ds.Columns))
 
@@ -148,7 +148,7 @@ def _read_file(path: Path, strict: bool) -> _Slice | None:
         raise
     except Exception as exc:  # InvalidDicomError, EOFError, struct.error, OSError, ...
         if strict or path.suffix.lower() == ".dcm":
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = one_line(exc, with_type=False)
             raise BadInputError(f"{path}: not a readable DICOM file ({reason})") from exc
         return None
     if pixels is None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInputError
+from .paths import demo_dir
 
 DEMO_SHAPE: tuple[int, int, int] = (40, 128, 128)
 # Enough scans for a model trained from scratch to learn the demo's signal in a few epochs.
@@ -27,15 +28,6 @@ FORMATS = ("dicom", "jpg")
 PIXEL_MM = 2.5
 SLICE_MM = 5.0
 LUNG_WINDOW = (-600.0, 1500.0)
-
-
-def cache_root() -> Path:
-    """covidzoo's user cache folder: `$COVIDZOO_CACHE`, else `$XDG_CACHE_HOME/covidzoo`, else
-    `~/.cache/covidzoo`."""
-    if os.environ.get("COVIDZOO_CACHE"):
-        return Path(os.environ["COVIDZOO_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "covidzoo"
 
 
 def _grid(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -212,7 +204,7 @@ def demo_data(
     rename wins; the others drop their copy and use it.
     """
     d, h, w = shape
-    out = cache_root() / "demo" / f"v{DEMO_VERSION}-{fmt}-n{n}-seed{seed}-{d}x{h}x{w}"
+    out = demo_dir(f"v{DEMO_VERSION}-{fmt}-n{n}-seed{seed}-{d}x{h}x{w}")
     if out.is_dir():
         return out
     try:

@@ -1,4 +1,4 @@
-"""The built-in aggregators (classes in `covidzoo.aggregators`, imported on first use)."""
+"""The built-in aggregators (classes in `covidzoo.models.aggregators`, imported on first use)."""
 
 from __future__ import annotations
 
@@ -11,31 +11,31 @@ from ..hookspecs import hookimpl
 def register_aggregators(register: Any) -> None:
     register(
         "volume",
-        "covidzoo.aggregators:Volume",
+        "covidzoo.models.aggregators:Volume",
         summary="The whole scan through a 3D backbone",
         spatial_dims=3,
     )
     register(
         "slice-mean",
-        "covidzoo.aggregators:SliceMean",
+        "covidzoo.models.aggregators:SliceMean",
         summary="Logit of the mean slice probability (Res-Dense Net paper)",
         spatial_dims=2,
     )
     register(
         "slice-max",
-        "covidzoo.aggregators:SliceMax",
+        "covidzoo.models.aggregators:SliceMax",
         summary="Highest slice probability",
         spatial_dims=2,
     )
     register(
         "slice-topk",
-        "covidzoo.aggregators:SliceTopK",
+        "covidzoo.models.aggregators:SliceTopK",
         summary="Mean of the k highest slice probabilities (k=8)",
         spatial_dims=2,
     )
     register(
         "slice-attention",
-        "covidzoo.aggregators:SliceAttention",
+        "covidzoo.models.aggregators:SliceAttention",
         summary="Learned attention pooling of slice features, then the backbone's head",
         spatial_dims=2,
     )

@@ -1,4 +1,4 @@
-"""The core commands: `models` and `plugins`."""
+"""The built-in commands (each command module, and torch, is imported only when listed or run)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,12 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_commands(cli: Any) -> None:
-    from ..commands.models import models
-    from ..commands.plugins import plugins
+    from ..cli.bench import bench
+    from ..cli.data import data
+    from ..cli.evaluate import ensemble, evaluate, predict
+    from ..cli.models import models
+    from ..cli.plugins import plugins
+    from ..cli.train import train
 
-    cli.add_command(models)
-    cli.add_command(plugins)
+    for command in (models, plugins, data, train, evaluate, ensemble, predict, bench):
+        cli.add_command(command)

@@ -14,7 +14,7 @@ from torch import nn
 class ConvNormAct3d(nn.Module):
     """Conv3d (no bias, "same" padding) -> BatchNorm3d -> ReLU (in place) or nothing."""
 
-    # For covidzoo.fold: `bn` is applied right after `conv` in forward.
+    # For covidzoo.models.folding: `bn` is applied right after `conv` in forward.
     conv_bn_pairs = (("conv", "bn"),)
 
     def __init__(

@@ -236,8 +236,8 @@ def test_an_ensemble_mixes_a_monai_backbone_with_regnet3d(tmp_path, monkeypatch)
 
     import numpy as np
 
-    from covidzoo.augment import to_model_input
     from covidzoo.data import PreprocessConfig, load_scan, synthesize
+    from covidzoo.transforms import to_model_input
 
     monkeypatch.setenv("COVIDZOO_CACHE", str(tmp_path / "cache"))
     data = synthesize(tmp_path / "data", n=8, shape=(16, 32, 32))

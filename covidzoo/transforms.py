@@ -1,4 +1,5 @@
-"""Batched augmentation on the training device, after the data loader.
+"""What a model sees: the conversion of cached scans to model input, and batched augmentation on
+the training device, after the data loader.
 
 The loader hands over `uint8` scans (`B x 1 x D x H x W`, straight from the on-disk cache); moving
 bytes, not floats, keeps the host side cheap. Here the batch becomes the model's input:
@@ -36,26 +37,6 @@ def to_model_input(
     if channels_last and x.dim() == 5:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     return x
-
-
-def device_batch(
-    scans: torch.Tensor,
-    labels: torch.Tensor,
-    device: torch.device,
-    channels_last: bool = False,
-    augment: ScanAugment | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A loader batch on the device: the model input (augmented when `augment` is given) and
-    the float targets `B x 1`, unknown labels (-1) as 0.
-
-    Both copies are asynchronous (the loader pins its memory on CUDA): a blocking copy would make
-    the host wait for the previous training step before it can queue this one.
-    """
-    x = to_model_input(scans.to(device, non_blocking=True), channels_last=channels_last)
-    if augment is not None:
-        x = augment(x)
-    y = labels.to(device, non_blocking=True).clamp(min=0).to(torch.float32).view(-1, 1)
-    return x, y
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,13 @@ import click
 
 from ..errors import BadInputError
 from ..registry import KINDS, Component
-from ._common import DefaultGroup, parse_size, print_json, print_table
-from ._regnet_options import (
-    check_regnet3d_options,
-    regnet3d_kwargs,
-    regnet3d_options,
+from .options import (
+    BackboneCommand,
+    DefaultGroup,
+    backbone_kwargs,
+    parse_size,
+    print_json,
+    print_table,
 )
 
 
@@ -30,7 +32,7 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_(pattern: str, kind: str | None, as_json: bool) -> None:
     """List components whose name matches PATTERN (fnmatch, default '*')."""
-    from .. import list_components
+    from ..factory import list_components
     from ..registry import check_kind
 
     components = list_components(pattern, check_kind(kind) if kind else None)
@@ -47,10 +49,9 @@ def list_(pattern: str, kind: str | None, as_json: bool) -> None:
     )
 
 
-@models.command("show")
+@models.command("show", cls=BackboneCommand)
 @click.argument("name")
 @click.option("--kind", help="The kind of NAME when several kinds share it.")
-@regnet3d_options
 @click.option(
     "--input-size", metavar="D,H,W", help="Input size for the complexity table (default: the "
     "backbone's input_size)."
@@ -65,10 +66,9 @@ def show(
     output shape, parameters, FLOPs) for one volume of --input-size; architecture options
     (--depths, --w0, ...) change the model shown, and any width adjustment is reported.
     """
-    from .. import get_component, list_components
+    from ..factory import get_component, list_components
     from ..registry import check_kind
 
-    kwargs = regnet3d_kwargs(options)
     if kind is not None:
         component = get_component(name, check_kind(kind))
     else:
@@ -77,7 +77,7 @@ def show(
             kinds = ", ".join(c.kind for c in found)
             raise BadInputError(f"'{name}' names a {kinds}; choose one with --kind")
         component = found[0] if found else get_component(name, "backbone")
-    check_regnet3d_options(component, kwargs)
+    kwargs = backbone_kwargs(component, options)
     if component.kind != "backbone":
         if input_size is not None:
             raise BadInputError(f"--input-size: only for backbones, not {component.kind} '{name}'")

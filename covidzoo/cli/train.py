@@ -6,36 +6,46 @@ from typing import Any
 
 import click
 
-from ._common import parse_model_args, parse_size, print_json
-from ._regnet_options import check_regnet3d_options, regnet3d_kwargs, regnet3d_options
+from .options import (
+    BackboneCommand,
+    backbone_kwargs,
+    device_option,
+    parse_key_values,
+    parse_model_args,
+    parse_size,
+    precision_option,
+    print_json,
+    workers_option,
+)
 
 
-@click.command("train")
+@click.command("train", cls=BackboneCommand)
 @click.argument("backbone")
-@regnet3d_options
-@click.option("--backbones", help="resdense2d: the two timm models, e.g. resnet18,densenet121.")
 @click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
               help="Any other keyword of the backbone's factory (repeatable, JSON values).")
 @click.option("--aggregator", default="auto", show_default=True,
               help="How slices or volumes become one score per scan (see `covidzoo models`).")
+@click.option("--aggregator-arg", "aggregator_arg", multiple=True, metavar="KEY=VALUE",
+              help="Keyword of the aggregator's factory (repeatable, JSON values): k=4.")
 @click.option("--data", type=click.Path(), help="Dataset folder (COV19-CT-DB layout).")
 @click.option("--manifest", type=click.Path(), help="CSV of path,label[,split].")
 @click.option("--cache", type=click.Path(), help="A cache made by `covidzoo data prepare`.")
 @click.option("--size", help="Scan size D,H,W after preprocessing.")
-@click.option("--epochs", type=int, help="Epochs (default 8 on the demo data, else 30).")
+@click.option("--epochs", type=int, help="Epochs (default 12 on the demo data, else 30).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3,
               show_default=True)
 @click.option("--optimizer", default="adamw", show_default=True,
               help="Any registered optimizer: adam, adamw, sgd, rmsprop, novograd, ...")
+@click.option("--optimizer-arg", "optimizer_arg", multiple=True, metavar="KEY=VALUE",
+              help="Keyword of the optimizer's factory (repeatable, JSON values): momentum=0.8.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-4, show_default=True)
 @click.option("--schedule", type=click.Choice(["cosine", "step", "none"]), default="cosine",
               show_default=True)
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--pos-weight", type=click.FloatRange(min=0, min_open=True),
               help="Weight of the covid class in the loss (the 3D RegNet paper's loss weight).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-              show_default=True)
+@precision_option
 @click.option("--channels-last/--no-channels-last", default=None,
               help="Channels-last memory format (default: what was measured fastest).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
@@ -49,35 +59,30 @@ from ._regnet_options import check_regnet3d_options, regnet3d_kwargs, regnet3d_o
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), help="Run folder (default runs/BACKBONE-TIME).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.safetensors.")
-@click.option("--device", type=click.Choice(["cuda", "cpu"]))
-@click.option("--workers", type=click.IntRange(min=0),
-              help="Data-loader worker processes.  [default: 0 on CPU, up to 8 on CUDA]")
+@device_option
+@workers_option
 @click.option("--patience", type=click.IntRange(min=1), help="Early stopping patience (epochs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def train(backbone: str, backbones: str | None, model_arg: tuple[str, ...], size: str | None,
-          compile_: bool, as_json: bool, **options: Any) -> None:
-    """Train BACKBONE; with no --data/--manifest/--cache, on the built-in demo data."""
-    from .. import get_component
-    from ..errors import BadInputError
+def train(backbone: str, model_arg: tuple[str, ...], aggregator_arg: tuple[str, ...],
+          optimizer_arg: tuple[str, ...], size: str | None, compile_: bool, as_json: bool,
+          **options: Any) -> None:
+    """Train BACKBONE; with no --data/--manifest/--cache, on the built-in demo data.
+
+    Backbones add their own architecture options (regnet3d: --depths, --widths, ...; see
+    `covidzoo models show BACKBONE`).
+    """
+    from ..factory import get_component
     from ..train import TrainConfig
     from ..train import train as run_training
 
-    comp = get_component(backbone)
     model_args = parse_model_args(model_arg)
-    regnet_args = regnet3d_kwargs(options)
-    check_regnet3d_options(comp, regnet_args)
-    model_args.update(regnet_args)
-    if backbones is not None:
-        if comp.name != "resdense2d":
-            raise BadInputError(f"--backbones applies to resdense2d, not '{backbone}'")
-        pair = tuple(b.strip() for b in backbones.split(","))
-        if len(pair) != 2 or not all(pair):
-            raise BadInputError(f"--backbones '{backbones}': expected two timm model names")
-        model_args["backbones"] = pair
+    model_args.update(backbone_kwargs(get_component(backbone), options))
     train_keys = set(TrainConfig.__dataclass_fields__)
     cfg = TrainConfig(
         backbone=backbone,
         model_args=model_args,
+        aggregator_args=parse_key_values("--aggregator-arg", aggregator_arg),
+        optimizer_args=parse_key_values("--optimizer-arg", optimizer_arg),
         size=None if size is None else parse_size("--size", size),
         compile=compile_,
         **{k: v for k, v in options.items() if k in train_keys},

@@ -12,15 +12,15 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .errors import CovidzooError
+from .._version import __version__
+from ..errors import CovidzooError, one_line
 
 
 class CliError(click.ClickException):
     """A `CovidzooError` shown to the user: one line on stderr, the error's exit code."""
 
     def __init__(self, error: CovidzooError) -> None:
-        super().__init__(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        super().__init__(one_line(error))
         self.exit_code = error.exit_code
 
 
@@ -33,7 +33,7 @@ class CovidzooGroup(click.Group):
         self._own_commands = dict(self.commands)
 
     def _sync_plugin_commands(self) -> None:
-        from .plugins import drop_failed_plugin, get_plugin_manager, hook_functions
+        from ..plugins import drop_failed_plugin, get_plugin_manager, hook_functions
 
         try:
             pm = get_plugin_manager()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import print_json, print_table
+from .options import print_json, print_table
 
 
 @click.command("plugins")

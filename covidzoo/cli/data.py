@@ -7,20 +7,18 @@ from pathlib import Path
 import click
 
 from ..errors import BadInputError, CovidzooError
-from ._common import print_json, print_table
+from .options import parse_size, print_json, print_table, workers_option
 
 
-def parse_numbers(text: str, count: int, option: str, kind: type = int) -> tuple:
-    """`"64,224,224"` -> `(64, 224, 224)`; anything else is a one-line `BadInputError`."""
+def parse_window(text: str) -> tuple[float, float]:
+    """`--window LEVEL,WIDTH` in HU: two numbers; anything else is a one-line `BadInputError`."""
     try:
-        values = tuple(kind(v) for v in text.split(","))
+        values = tuple(float(v) for v in text.split(","))
     except ValueError:
         values = ()
-    if len(values) != count:
-        raise BadInputError(
-            f"{option} takes {count} comma-separated {kind.__name__}s, got '{text}'"
-        )
-    return values
+    if len(values) != 2:
+        raise BadInputError(f"--window takes LEVEL,WIDTH (two numbers), got '{text}'")
+    return values  # type: ignore[return-value]
 
 
 @click.group("data")
@@ -44,7 +42,7 @@ def synth(out: Path, n: int, seed: int, fmt: str, shape: str, as_json: bool) -> 
     from ..data.layouts import find_scans
     from ..data.synthetic import synthesize
 
-    path = synthesize(out, n=n, seed=seed, fmt=fmt, shape=parse_numbers(shape, 3, "--shape"))
+    path = synthesize(out, n=n, seed=seed, fmt=fmt, shape=parse_size("--shape", shape))
     records = find_scans(path)
     summary = {
         "path": str(path),
@@ -65,7 +63,7 @@ def synth(out: Path, n: int, seed: int, fmt: str, shape: str, as_json: bool) -> 
 @data.command("prepare")
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Cache folder.")
-@click.option("--size", default="64,224,224", show_default=True, help="Output D,H,W.")
+@click.option("--size", help="Output D,H,W.  [default: 64,224,224, the preprocessing default]")
 @click.option("--window", default="-600,1500", show_default=True, help="HU window level,width.")
 @click.option("--crop-slices", default=0.0, show_default=True,
               help="Fraction of slices dropped at each end.")
@@ -74,13 +72,13 @@ def synth(out: Path, n: int, seed: int, fmt: str, shape: str, as_json: bool) -> 
 @click.option("--contrast", default="none", show_default=True, help="none, stretch or equalize.")
 @click.option("--val-split", type=float, help="Move this stratified fraction of train to val.")
 @click.option("--seed", default=0, show_default=True, help="Seed of --val-split.")
-@click.option("--workers", default=1, show_default=True, help="Processes building scans.")
+@workers_option
 @click.option("--strict", is_flag=True, help="Stop at the first scan that fails.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def prepare(root: Path, out: Path, size: str, window: str, crop_slices: float, crop_border: float,
-            contrast: str, val_split: float | None, seed: int, workers: int, strict: bool,
-            no_progress: bool, as_json: bool) -> None:
+def prepare(root: Path, out: Path, size: str | None, window: str, crop_slices: float,
+            crop_border: float, contrast: str, val_split: float | None, seed: int,
+            workers: int | None, strict: bool, no_progress: bool, as_json: bool) -> None:
     """Preprocess every scan of ROOT once into the cache OUT (re-runs skip finished scans).
 
     ROOT is a data folder ({train,val}/{covid,non-covid}/SCAN) or a CSV manifest
@@ -89,10 +87,13 @@ def prepare(root: Path, out: Path, size: str, window: str, crop_slices: float, c
     from ..data.cache import prepare_cache
     from ..data.layouts import find_scans
     from ..data.preprocess import PreprocessConfig
+    from ..runtime import resolve_workers
 
+    defaults = PreprocessConfig()
+    workers = resolve_workers(workers, "cpu")  # preprocessing runs on the CPU
     cfg = PreprocessConfig(
-        size=parse_numbers(size, 3, "--size"),
-        window=parse_numbers(window, 2, "--window", float),
+        size=defaults.size if size is None else parse_size("--size", size),  # type: ignore
+        window=parse_window(window),
         crop_slices=crop_slices, crop_border=crop_border, contrast=contrast,
     )
     is_manifest = root.suffix.lower() == ".csv"

@@ -9,7 +9,16 @@ from typing import Any
 import click
 
 from ..errors import BadInputError
-from ._common import parse_model_args, parse_size, print_json, print_table
+from .options import (
+    BackboneCommand,
+    backbone_kwargs,
+    device_option,
+    parse_key_values,
+    parse_model_args,
+    parse_size,
+    print_json,
+    print_table,
+)
 
 ALL_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
@@ -73,7 +82,7 @@ def rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
     return out
 
 
-@click.command("bench")
+@click.command("bench", cls=BackboneCommand)
 @click.argument("patterns", nargs=-1)
 @click.option("--mode", help="Comma-separated: infer, train.  [default: infer,train; train "
               "with --e2e]")
@@ -92,12 +101,14 @@ def rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
 @click.option("--batch-size", type=int, help="Scans per step.  [default: 32 infer, 4 train]")
 @click.option("--input-size", metavar="D,H,W", help="Scan size (H,W for a 2D backbone: 64 "
               "slices).  [default: the backbone's input_size]")
-@click.option("--device", help="cuda or cpu.  [default: cuda when available]")
+@device_option
 @click.option("--warmup", default=5, show_default=True, help="Untimed steps first.")
 @click.option("--iters", default=20, show_default=True, help="Timed steps.")
 @click.option("--threads", type=int, help="torch CPU threads.  [default: torch's]")
 @click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
               help="Backbone keyword argument, value as JSON (repeatable): depths=[1,1].")
+@click.option("--aggregator-arg", "aggregator_arg", multiple=True, metavar="KEY=VALUE",
+              help="Keyword of the default aggregator's factory (repeatable, JSON values).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Add an fp32 eager run to each model and mode, the base of speed-up.")
 @click.option("--isolate/--no-isolate", default=None,
@@ -113,9 +124,10 @@ def rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
 def bench(patterns: tuple[str, ...], mode: str | None, precision_text: str | None,
           channels_last: bool, compile_mode: str | None, fold_bn: bool, cudnn_benchmark: bool,
           batch_size: int | None, input_size: str | None, device: str | None, warmup: int,
-          iters: int, threads: int | None, model_arg: tuple[str, ...], baseline: bool,
-          isolate: bool | None, e2e: bool, cache: Path | None, workers: int | None,
-          json_path: str | None, csv_path: str | None) -> None:
+          iters: int, threads: int | None, model_arg: tuple[str, ...],
+          aggregator_arg: tuple[str, ...], baseline: bool, isolate: bool | None, e2e: bool,
+          cache: Path | None, workers: int | None, json_path: str | None, csv_path: str | None,
+          **options: Any) -> None:
     """Measure samples (scans) per second of the backbones matching PATTERNS (fnmatch; default:
     every backbone) with their default aggregator, for inference and training steps.
 
@@ -124,18 +136,18 @@ def bench(patterns: tuple[str, ...], mode: str | None, precision_text: str | Non
     the same model and mode. Out of memory, the batch size decays and the table shows the batch
     that fit.
     """
-    import torch
-
-    from .. import list_models
     from ..bench import BenchConfig, run_benchmarks, write_csv, write_json
+    from ..factory import get_component, list_models
+    from ..runtime import resolve_device, valid_precisions
 
     if e2e and cache is None:
         raise BadInputError("--e2e needs --cache DIR, a cache built by 'covidzoo data prepare'")
     if cache is not None and not e2e:
         raise BadInputError("--cache is for --e2e; add --e2e")
     modes = parse_list("--mode", mode or ("train" if e2e else "infer,train"), ("infer", "train"))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    valid = ALL_PRECISIONS if device.startswith("cuda") else ("fp32", "bf16", "auto")
+    target = resolve_device(device)
+    device = str(target)
+    valid = (*valid_precisions(target), "auto")
     precisions = parse_list("--precision", precision_text or ",".join(valid), ALL_PRECISIONS)
     names = list_models(list(patterns) or "*", kind="backbone")
     if not names:
@@ -144,25 +156,27 @@ def bench(patterns: tuple[str, ...], mode: str | None, precision_text: str | Non
     common = dict(
         fold_bn=fold_bn, cudnn_benchmark=cudnn_benchmark, batch_size=batch_size,
         input_size=size, device=device, warmup=warmup, iters=iters,
-        model_args=parse_model_args(model_arg), e2e_cache=None if cache is None else str(cache),
-        workers=workers, threads=threads,
+        aggregator_args=parse_key_values("--aggregator-arg", aggregator_arg),
+        e2e_cache=None if cache is None else str(cache), workers=workers, threads=threads,
     )
     configs = []
     for name in names:
+        model_args = {**parse_model_args(model_arg),
+                      **backbone_kwargs(get_component(name), options)}
         for m in modes:
             runs = [(p, channels_last, compile_mode) for p in precisions]
             if baseline:
                 runs.insert(0, ("fp32", False, None))
             for p, cl, cm in dict.fromkeys(runs):
                 configs.append(BenchConfig(name, mode=m, precision=p, channels_last=cl,
-                                           compile_mode=cm, **common))
+                                           compile_mode=cm, model_args=model_args, **common))
     quiet = json_path == "-"
 
     def progress(i: int, cfg: BenchConfig) -> None:
         if not quiet:
             click.echo(f"[{i + 1}/{len(configs)}] {cfg.model} {cfg.mode} {cfg.precision}", err=True)
 
-    isolate = device.startswith("cuda") if isolate is None else isolate
+    isolate = target.type == "cuda" if isolate is None else isolate
     results = run_benchmarks(configs, isolate=isolate, progress=progress)
     if json_path == "-":
         print_json(results)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .errors import BadInputError
+from ..errors import BadInputError
 
 
 def _check_scans(x: torch.Tensor) -> None:

@@ -1,0 +1,205 @@
+"""The `evaluate`, `ensemble` and `predict` commands: parse the options, call the use case in
+`covidzoo.evaluation`, render its report.
+
+Nothing heavy is imported at module level: `covidzoo --help` lists these commands without
+importing torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .options import data_options, print_json, print_table, runtime_options
+
+# The splits a command can evaluate or fit on; "all" is every scan.
+SPLITS = ("train", "val", "test", "all")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "undefined"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _report_failed(failed: Sequence[tuple[str, str]]) -> None:
+    """Scans that could not be read: one line each on stderr (the others were processed)."""
+    if failed:
+        click.echo(f"covidzoo: {len(failed)} scan(s) failed and were skipped:", err=True)
+        for _, reason in failed:
+            click.echo(f"  {reason}", err=True)
+
+
+# --- evaluate ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@data_options
+@click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True,
+              help="Scans to evaluate.")
+@click.option("--threshold", default="checkpoint", show_default=True,
+              help="checkpoint (chosen on validation data), youden (of the evaluated data: "
+                   "optimistic) or a number.")
+@click.option("--bootstrap", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Bootstrap resamples for 95% CIs of AUC and macro F1 (0: none).")
+@click.option("--seed", default=0, show_default=True, help="Seed of --bootstrap.")
+@click.option("--roc", type=click.Path(path_type=Path), help="Write the ROC curve to this PNG.")
+@click.option("--predictions", type=click.Path(path_type=Path),
+              help="Write path,label,probability,predicted per scan to this CSV.")
+@runtime_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def evaluate(model: Path, data_root: Path | None, manifest: Path | None, workers: int | None,
+             split: str, threshold: str, bootstrap: int, seed: int, roc: Path | None,
+             predictions: Path | None, device: str | None, precision: str, batch_size: int,
+             as_json: bool) -> None:
+    """Metrics of a checkpoint or ensemble file MODEL on labelled scans.
+
+    The threshold is the one stored with the model, chosen on validation data; --threshold
+    youden uses the Youden point of the evaluated data instead (optimistic: labelled so).
+    """
+    from ..evaluation import evaluate as run_evaluation
+
+    report = run_evaluation(
+        model, data=data_root, manifest=manifest, split=split, threshold=threshold,
+        bootstrap=bootstrap, seed=seed, device=device, precision=precision,
+        batch_size=batch_size, workers=workers, progress=not as_json)
+    roc = None if roc is None else report.save_roc(roc)
+    if predictions is not None:
+        report.save_predictions(predictions)
+    result = report.to_dict()
+    result["roc"] = None if roc is None else str(roc)
+    result["predictions"] = None if predictions is None else str(predictions)
+    if as_json:
+        print_json(result)
+        return
+    _report_failed(report.data.failed)
+    _print_report(f"{model.name} on {report.data.source} ({split})", report.metrics,
+                  report.threshold)
+    timing = result["timing"]
+    click.echo(f"{timing['scans']} scans: {timing['inference_volumes_per_s'] or 0:.1f} "
+               f"volumes/s inference, {timing['total_volumes_per_s'] or 0:.1f} volumes/s in all")
+    for note in report.notes + [f"{k}: {v}" for k, v in report.metrics["undefined"].items()]:
+        click.echo(f"note: {note}")
+
+
+def _print_report(title: str, report: dict[str, Any], chosen: Any) -> None:
+    cm = report["confusion_matrix"]
+    rows = [
+        ("threshold", f"{chosen.value:.4f} ({chosen.source}: {chosen.note})"),
+        ("scans", f"{report['n']} ({report['n_covid']} covid, {report['n_non_covid']} non-covid)"),
+        ("AUC", _fmt(report["auc"])),
+        ("F1 (covid)", _fmt(report["f1"])),
+        ("F1 (non-covid)", _fmt(report["f1_per_class"]["non-covid"])),
+        ("macro F1", _fmt(report["macro_f1"])),
+        ("accuracy", _fmt(report["accuracy"])),
+        ("sensitivity", _fmt(report["sensitivity"])),
+        ("specificity", _fmt(report["specificity"])),
+        ("confusion (tn fp fn tp)", f"{cm['tn']} {cm['fp']} {cm['fn']} {cm['tp']}"),
+    ]
+    boot = report.get("bootstrap")
+    if boot:
+        for key, name in (("auc", "AUC"), ("macro_f1", "macro F1")):
+            ci = boot[key]
+            text = "undefined" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+            rows.append((f"{name} {boot['level']:.0%} CI", f"{text} ({boot['n_boot']} resamples)"))
+    print_table(title, ["metric", "value"], rows)
+
+
+# --- ensemble ----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(path_type=Path))
+@data_options
+@click.option("--method", default="mean", show_default=True,
+              help="A registered ensembler: mean, weighted, rank, stacking, or a plugin's.")
+@click.option("--fit-split", type=click.Choice(SPLITS), default="val", show_default=True,
+              help="Scans the ensembler and its Youden threshold are fit on.")
+@click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True,
+              help="Scans the members and the fusion are scored on.")
+@click.option("--save", type=click.Path(path_type=Path),
+              help="Write the fitted ensemble to this JSON file (for predict and evaluate).")
+@click.option("--roc", type=click.Path(path_type=Path),
+              help="Write the ROC curves (members grey, fusion red) to this PNG.")
+@runtime_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def ensemble(checkpoints: tuple[Path, ...], data_root: Path | None, manifest: Path | None,
+             workers: int | None, method: str, fit_split: str, split: str, save: Path | None,
+             roc: Path | None, device: str | None, precision: str, batch_size: int,
+             as_json: bool) -> None:
+    """Fuse the covid probabilities of CHECKPOINTS and compare the fusion with each member.
+
+    The ensembler is fit on --fit-split and the threshold is the Youden point of the fused
+    probabilities there; members are scored at their own Youden points of the same split.
+    """
+    from ..evaluation import fit_ensemble
+
+    report = fit_ensemble(
+        checkpoints, method=method, data=data_root, manifest=manifest, fit_split=fit_split,
+        split=split, device=device, precision=precision, batch_size=batch_size,
+        workers=workers, progress=not as_json)
+    if save is not None:
+        report.save(save)
+    roc = None if roc is None else report.save_roc(roc)
+    if as_json:
+        result = report.to_dict()
+        notes = result.pop("notes")
+        print_json({**result, "saved": None if save is None else str(save),
+                    "roc": None if roc is None else str(roc), "notes": notes})
+        return
+    _report_failed(report.data.failed)
+    table = [(path.name, _fmt(r["auc"]), _fmt(r["f1"]), _fmt(r["macro_f1"]),
+              _fmt(r["threshold"]))
+             for path, r in zip(report.checkpoints, report.member_reports, strict=True)]
+    fusion = report.fusion
+    table.append((f"{method} fusion", _fmt(fusion["auc"]), _fmt(fusion["f1"]),
+                  _fmt(fusion["macro_f1"]), _fmt(report.threshold)))
+    print_table(f"{len(report.members)} members on {report.data.source} ({split}); fit on "
+                f"{fit_split}", ["model", "AUC", "F1", "macro F1", "threshold"], table)
+    if save is not None:
+        click.echo(f"saved {save}")
+    for note in report.notes + [f"{k}: {v}" for k, v in fusion["undefined"].items()]:
+        click.echo(f"note: {note}")
+
+
+# --- predict -----------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("scans", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path),
+              help="Also write scan,probability,label,threshold to this CSV.")
+@runtime_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def predict(model: Path, scans: tuple[Path, ...], csv_path: Path | None, device: str | None,
+            precision: str, batch_size: int, as_json: bool) -> None:
+    """Probability and label (covid / non-covid) of each raw SCAN under a checkpoint or
+    ensemble file MODEL.
+
+    A SCAN is a DICOM series folder, a folder of JPG/PNG slices or a .npy/.npz volume; each
+    model preprocesses it with the configuration recorded in its checkpoint.
+    """
+    from ..evaluation import predict as run_prediction
+
+    report = run_prediction(model, scans, device=device, precision=precision,
+                            batch_size=batch_size)
+    if csv_path is not None:
+        report.save_csv(csv_path)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    _report_failed(report.failed)
+    chosen = report.threshold
+    if chosen.source == "default":
+        click.echo(f"note: {chosen.note}", err=True)
+    print_table(None, ["scan", "probability", "label", "threshold"],
+                [(p.scan, f"{p.probability:.4f}", p.label, f"{chosen.value:.4f}")
+                 for p in report.predictions])
+
+
+__all__ = ["ensemble", "evaluate", "predict"]

@@ -1,0 +1,225 @@
+"""What the built-in commands share: option parsers, the options several commands take (one
+definition each: --device, --workers, --precision, the data source, KEY=VALUE arguments), JSON
+output, rich tables and a group with a default command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ..errors import BadInputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+def parse_positive_int(flag: str, text: str) -> int:
+    """One positive integer; anything else is bad input naming `flag`."""
+    try:
+        value = int(text.strip())
+    except ValueError:
+        raise BadInputError(f"{flag}: '{text}' is not an integer") from None
+    if value <= 0:
+        raise BadInputError(f"{flag}: {value} must be positive")
+    return value
+
+
+def parse_int_list(flag: str, text: str) -> list[int]:
+    """`"2,6,12,4"` -> `[2, 6, 12, 4]`; empty items, non-integers and values <= 0 are refused."""
+    items = text.split(",")
+    if any(not item.strip() for item in items):
+        raise BadInputError(f"{flag}: '{text}' has an empty item; give integers like 2,6,12,4")
+    return [parse_positive_int(flag, item) for item in items]
+
+
+SIZE_NAMES = {3: "D,H,W", 2: "H,W"}
+
+
+def parse_size(flag: str, text: str, lengths: Sequence[int] = (3,)) -> tuple[int, ...]:
+    """`"64,224,224"` -> `(64, 224, 224)`: positive integers, as many as one of `lengths`."""
+    size = parse_int_list(flag, text)
+    if len(size) not in lengths:
+        shapes = " or ".join(SIZE_NAMES[n] for n in lengths)
+        raise BadInputError(f"{flag} takes {shapes}, got '{text}'")
+    return tuple(size)
+
+
+def parse_key_values(flag: str, items: Sequence[str]) -> dict[str, Any]:
+    """`KEY=VALUE` pairs (`--model-arg`, `--aggregator-arg`, `--optimizer-arg`) as keyword
+    arguments; values are JSON when they parse as JSON (numbers, lists, booleans), else strings."""
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise BadInputError(f"{flag} takes KEY=VALUE, got '{item}'")
+        try:
+            kwargs[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key.strip()] = value
+    return kwargs
+
+
+def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
+    """`--model-arg KEY=VALUE` pairs as keyword arguments of a backbone's factory."""
+    return parse_key_values("--model-arg", items)
+
+
+def _apply(function: F, options: Sequence[Callable[[F], F]]) -> F:
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def device_option(function: F) -> F:
+    """--device: resolved by `covidzoo.runtime.resolve_device` (free text, checked there)."""
+    return click.option("--device", metavar="DEVICE",
+                        help="cpu, cuda or cuda:N.  [default: cuda when available]")(function)
+
+
+def workers_option(function: F) -> F:
+    """--workers: one meaning everywhere, as torch's DataLoader has it."""
+    return click.option(
+        "--workers", type=click.IntRange(min=0), metavar="N",
+        help="Worker processes reading and preprocessing scans (0: the main process).  "
+             "[default: 0 on CPU, up to 8 on CUDA]")(function)
+
+
+def precision_option(function: F) -> F:
+    """--precision for train, evaluate, ensemble and predict (bench takes a list)."""
+    return click.option("--precision", default="auto", show_default=True,
+                        type=click.Choice(PRECISION_CHOICES),
+                        help="Autocast mode; auto is the fastest measured for the model.")(function)
+
+
+def data_options(function: F) -> F:
+    """--data / --manifest: where labelled scans come from (the demo data when neither is
+    given, as in `train`; see `covidzoo.data.sources`)."""
+    return _apply(function, [
+        click.option("--data", "data_root", type=click.Path(path_type=Path),
+                     help="Data folder ({train,val,test}/{covid,non-covid}/SCAN). "
+                          "Default: the demo data."),
+        click.option("--manifest", type=click.Path(path_type=Path),
+                     help="CSV manifest (path,label[,split]) instead of --data."),
+        workers_option,
+    ])
+
+
+def runtime_options(function: F) -> F:
+    """--device / --precision / --batch-size: how models run for inference."""
+    return _apply(function, [
+        device_option,
+        precision_option,
+        click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
+                     help="Scans per forward pass."),
+    ])
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output on stdout: indented, key order kept, one document."""
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def print_table(
+    title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """A rich table on stdout (plain text when stdout is not a terminal)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    Console(file=sys.stdout).print(table)
+
+
+class DefaultGroup(click.Group):
+    """A group that runs `default_command` when the first argument names no subcommand.
+
+    `covidzoo models regnet*` is then `covidzoo models list regnet*`, while
+    `covidzoo models show regnet3d` still reaches `show`.
+    """
+
+    def __init__(self, *args: Any, default_command: str, **kwargs: Any) -> None:
+        kwargs.setdefault("invoke_without_command", False)
+        super().__init__(*args, **kwargs)
+        self.default_command = default_command
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+
+# --- options declared by backbones -------------------------------------------------------------
+
+
+def declared_options() -> dict[str, tuple[Any, list[str]]]:
+    """Every option the registered backbones declare, by flag: `(option, backbone names)`.
+
+    A flag declared by several backbones with the same parameter and type is one option; one
+    declared differently by a later backbone (built-ins come first) is left out for it.
+    """
+    from ..factory import list_components
+
+    found: dict[str, tuple[Any, list[str]]] = {}
+    for component in list_components(kind="backbone"):
+        for option in component.metadata.get("options", ()):
+            first = found.setdefault(option.flag, (option, []))
+            if (first[0].param, first[0].type) == (option.param, option.type):
+                first[1].append(component.name)
+    return found
+
+
+class BackboneCommand(click.Command):
+    """A command that also takes the options the registered backbones declare (regnet3d's
+    `--depths`, a plugin's own), read from the registry each time the command is parsed.
+
+    Its callback receives their values among `**options` (None when not given); pass them to
+    `backbone_kwargs`. A declared flag or parameter that the command itself uses is left out.
+    """
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        taken = {name for p in params for name in (p.name, *p.opts)}
+        extra = []
+        for flag, (option, names) in declared_options().items():
+            if flag in taken or option.param in taken:
+                continue
+            taken |= {flag, option.param}
+            extra.append(click.Option([flag, option.param], metavar=option.metavar,
+                                      help=f"{option.help} ({', '.join(_short(names))})"))
+        return params[:-1] + extra + params[-1:]  # --help stays last
+
+
+def _short(names: Sequence[str]) -> list[str]:
+    """Backbone names for a help line: `regnet3d*` for a family sharing a prefix."""
+    stems = sorted({n.split("_")[0] for n in names})
+    return [s + ("*" if any(n != s for n in names if n.startswith(s)) else "") for s in stems]
+
+
+def backbone_kwargs(component: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The factory keywords of the declared options given for `component` (a backbone);
+    options left unset are dropped, so the backbone's own configuration fills them in.
+
+    A declared option that `component` does not declare is bad input naming the flag.
+    """
+    own = {o.param: o for o in component.metadata.get("options", ())}
+    kwargs: dict[str, Any] = {}
+    for flag, (option, names) in declared_options().items():
+        value = options.get(option.param)
+        if value is None:
+            continue
+        if option.param not in own or own[option.param].flag != flag:
+            raise BadInputError(
+                f"{flag}: an option of {', '.join(_short(names))}, not of {component.kind} "
+                f"'{component.name}'"
+            )
+        kwargs[option.param] = own[option.param].parse(value)
+    return kwargs

@@ -1,0 +1,144 @@
+"""Where labelled scans come from: a data folder, a CSV manifest, a prepared cache, or (none of
+them given) the built-in demo data. `train`, `evaluate`, `ensemble` and `predict` all decide it
+here, and the training data sets and their scan size come from here too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import BadInputError
+
+if TYPE_CHECKING:
+    from .cache import CachedScans
+    from .layouts import ScanRecord
+
+# What the demo trains on: small enough for a 2-core CPU in a few minutes.
+DEMO_SIZE: tuple[int, int, int] = (32, 64, 64)
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One data source; at most one of `root`, `manifest`, `cache` is set (none: the demo)."""
+
+    root: Path | None = None
+    manifest: Path | None = None
+    cache: Path | None = None
+
+    @property
+    def is_demo(self) -> bool:
+        return self.root is None and self.manifest is None and self.cache is None
+
+    @property
+    def name(self) -> str:
+        """What reports call it: "demo", or the resolved path of the folder, manifest or cache."""
+        if self.is_demo:
+            return "demo"
+        if self.cache is not None:
+            return str(self.cache)
+        return str(Path(self.root or self.manifest).resolve())  # type: ignore[arg-type]
+
+    def scan_root(self) -> Path | None:
+        """The folder the scans are found under (the demo data is generated on first use)."""
+        if self.is_demo:
+            from .synthetic import demo_data
+
+            return demo_data()
+        return self.root
+
+    def records(self, val_split: float | None = None, seed: int = 0) -> list[ScanRecord]:
+        """The scans of a folder, manifest or the demo, with their labels and splits."""
+        from .layouts import find_scans
+
+        if self.cache is not None:
+            raise BadInputError(f"{self.cache}: a prepared cache lists no raw scans")
+        return find_scans(root=self.scan_root(), manifest=self.manifest, val_split=val_split,
+                          seed=seed)
+
+    def cache_key(self) -> Path:
+        """The path a cache made from this source is keyed by (see `cache_dir_for`)."""
+        return Path(self.scan_root() or self.manifest).resolve()  # type: ignore[arg-type]
+
+
+def data_source(data: PathLike | None = None, manifest: PathLike | None = None,
+                cache: PathLike | None = None) -> DataSource:
+    """`--data ROOT`, `--manifest CSV` or `--cache DIR` (at most one), else the demo data."""
+    given = [flag for flag, value in (("--data", data), ("--manifest", manifest),
+                                      ("--cache", cache)) if value is not None]
+    if len(given) > 1:
+        raise BadInputError(f"give one of {', '.join(given)}, not several")
+    return DataSource(*(None if v is None else Path(v) for v in (data, manifest, cache)))
+
+
+def scan_size(backbone: str, source: DataSource,
+              size: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
+    """The scan size of a run: `size` when given, else the cache's, the demo's (`DEMO_SIZE`),
+    or the backbone's default (`covidzoo.factory.default_scan_size`)."""
+    if size is not None:
+        return tuple(size)  # type: ignore[return-value]
+    if source.cache is not None:
+        from .cache import read_index
+
+        return tuple(read_index(source.cache)["config"]["size"])  # type: ignore[return-value]
+    if source.is_demo:
+        return DEMO_SIZE
+    from ..factory import default_scan_size
+
+    return default_scan_size(backbone)
+
+
+@dataclass
+class TrainingData:
+    """The train and val data sets of a run, with the preprocessing that made them."""
+
+    train: CachedScans
+    val: CachedScans
+    preprocess: dict[str, Any]
+    source: str
+
+    def check(self, batch_size: int) -> None:
+        """Refuse data a run cannot train on, naming the source."""
+        n_train = len(self.train)
+        if n_train == 0:
+            raise BadInputError(f"no training scans found in {self.source}")
+        if len(self.val) == 0:
+            raise BadInputError(
+                f"no validation scans in {self.source}; give a val split or --val-split"
+            )
+        if len(set(self.train.labels)) < 2:
+            raise BadInputError(f"the training scans of {self.source} hold one class only")
+        if batch_size > n_train:
+            raise BadInputError(
+                f"--batch-size {batch_size} is larger than the {n_train} training scans"
+            )
+
+
+def training_data(source: DataSource, size: tuple[int, int, int], *,
+                  val_split: float | None = None, seed: int = 0, workers: int = 0,
+                  quiet: bool = False, prepare: bool = True) -> TrainingData:
+    """Train and validation data sets from the source's cache, preparing it first when
+    `prepare` (in a distributed run only rank 0 prepares; the others open what it made)."""
+    from .cache import CachedScans, cache_dir_for, prepare_cache
+    from .preprocess import PreprocessConfig
+
+    if source.cache is not None:
+        train = CachedScans(source.cache, split="train")
+        return TrainingData(train, CachedScans(source.cache, split="val"),
+                            train.config.to_dict(), source.name)
+    preprocess = PreprocessConfig(size=size)
+    cache_dir = cache_dir_for(source.cache_key(), preprocess)
+    if prepare:
+        records = source.records(val_split=val_split, seed=seed)
+        result = prepare_cache(records, cache_dir, preprocess, workers=workers,
+                               progress=not quiet)
+        if result.failed and not quiet:
+            print(f"covidzoo: {len(result.failed)} scan(s) failed to read and were skipped",
+                  file=sys.stderr)
+    train, val = CachedScans(cache_dir, split="train"), CachedScans(cache_dir, split="val")
+    return TrainingData(train, val, preprocess.to_dict(), source.name)

@@ -1,0 +1,129 @@
+"""Building models by name: the registry's backbones and aggregators, and checkpoints.
+
+timm keeps `create_model` in `_factory.py`; covidzoo does the same, so that the package face
+(`covidzoo/__init__.py`) only re-exports. Nothing here imports torch at module level.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .errors import BadInputError
+from .registry import Component, Kind, check_kind
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .checkpoint import ModelSpec
+
+# The aggregator of a backbone whose metadata names no `default_aggregator`, by spatial_dims.
+DEFAULT_AGGREGATORS: dict[int, str] = {3: "volume", 2: "slice-mean"}
+# Slices per scan for a 2D backbone, whose `input_size` is one slice (H, W).
+DEFAULT_SLICES = 64
+
+
+def list_models(
+    pattern: str | list[str] | tuple[str, ...] = "*", kind: Kind | None = None
+) -> list[str]:
+    """Names of the registered components matching an fnmatch `pattern` (one or several).
+
+    `kind` narrows the list to "backbone", "aggregator", "ensembler" or "optimizer".
+    """
+    return sorted({c.name for c in list_components(pattern, kind)})
+
+
+def get_component(name: str, kind: Kind = "backbone") -> Component:
+    """The registered component `name` of `kind`, with its summary, plugin and metadata."""
+    from .plugins import get_registry
+
+    return get_registry().get(name, check_kind(kind))
+
+
+def list_components(
+    pattern: str | list[str] | tuple[str, ...] = "*", kind: Kind | None = None
+) -> list[Component]:
+    """Like `list_models`, but the `Component` records themselves."""
+    from .plugins import get_registry
+
+    return get_registry().components(pattern, kind)
+
+
+def compatible_aggregators(backbone: str) -> list[str]:
+    """Names of the aggregators that can wrap the backbone `backbone` (same `spatial_dims`).
+
+    An aggregator registered without `spatial_dims` wraps anything.
+    """
+    dims = spatial_dims(backbone)
+    return sorted(
+        c.name
+        for c in list_components(kind="aggregator")
+        if c.metadata.get("spatial_dims") in (None, dims)
+    )
+
+
+def default_aggregator(backbone: str) -> str:
+    """The aggregator `aggregator="auto"` picks: the backbone's `default_aggregator` metadata,
+    else `volume` for a 3D backbone and `slice-mean` for a 2D one."""
+    meta = get_component(backbone, "backbone").metadata
+    return meta.get("default_aggregator") or DEFAULT_AGGREGATORS[meta["spatial_dims"]]
+
+
+def spatial_dims(backbone: str) -> int:
+    """3 for a volume backbone, 2 for a slice backbone (its registration says which)."""
+    return int(get_component(backbone, "backbone").metadata["spatial_dims"])
+
+
+def default_scan_size(backbone: str) -> tuple[int, int, int]:
+    """The scan (D, H, W) a backbone is fed by default: its `input_size`, with
+    `DEFAULT_SLICES` slices in front for a 2D backbone."""
+    meta = get_component(backbone, "backbone").metadata
+    size = tuple(int(s) for s in meta["input_size"])
+    if meta["spatial_dims"] == 2:
+        return (DEFAULT_SLICES, *size[-2:])  # type: ignore[return-value]
+    return size  # type: ignore[return-value]
+
+
+def create_model(
+    name: str,
+    *,
+    aggregator: str | None = None,
+    aggregator_args: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build the backbone registered as `name`, alone or wrapped in an aggregator.
+
+    Keyword arguments override the backbone's configuration; those that are `None` are dropped,
+    so command-line options left unset fall back to the defaults. An unknown name raises
+    `UnknownComponentError` with the closest registered names.
+
+    `aggregator=None` returns the bare backbone (slices or volumes in, logits out). A name
+    returns one module from scans `B x C x D x H x W` to logits `B x num_classes`: the
+    aggregator of that name, built with `aggregator_args`, around the backbone; `"auto"` picks
+    `default_aggregator(name)`. An aggregator made for the other `spatial_dims` (a 2D backbone
+    with `volume`, a 3D one with `slice-mean`) raises `BadInputError`.
+    """
+    backbone = get_component(name, "backbone")
+    if aggregator is None:
+        return backbone.create(**kwargs)
+    if aggregator == "auto":
+        aggregator = default_aggregator(name)
+    wrapper = get_component(aggregator, "aggregator")
+    dims, wraps = backbone.metadata["spatial_dims"], wrapper.metadata.get("spatial_dims")
+    if wraps is not None and wraps != dims:
+        raise BadInputError(
+            f"aggregator '{aggregator}' wraps {wraps}D backbones but '{name}' is {dims}D;"
+            f" use one of: {', '.join(compatible_aggregators(name))}"
+        )
+    return wrapper.create(backbone=backbone.create(**kwargs), **(aggregator_args or {}))
+
+
+def load_checkpoint(path: str, device: Any = "cpu") -> tuple[nn.Module, ModelSpec]:
+    """Rebuild the model stored in a covidzoo `.safetensors` checkpoint: `(model, spec)`.
+
+    The file carries the backbone's registry name, its arguments, the aggregator, the
+    preprocessing and the decision threshold (`spec`), so no other file is needed. Pickle files
+    are refused, never loaded.
+    """
+    from .checkpoint import load_checkpoint as load
+
+    return load(path, device=device)
