@@ -1,7 +1,9 @@
 """Optimizer factories registered through `register_optimizers`.
 
 Each takes `(params, lr, weight_decay, **kwargs)` so the training loop can build any registered
-optimizer the same way.
+optimizer the same way. `params` is a list of parameter groups as torch takes them; the training
+loop passes one, `{"params": [...], "param_names": [...]}`, so that a factory can split it by
+name: `param_groups` excludes norms and biases from weight decay.
 
 Adam, AdamW and SGD use PyTorch's fused CUDA kernels when every parameter is on a GPU (pass
 `fused=False` for the multi-tensor ones). Besides being one kernel per step, a fused optimizer
@@ -12,12 +14,39 @@ makes the host wait for each step before it can queue the next batch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
 from .errors import BadInputError
+
+
+def param_groups(groups: Iterable[dict[str, Any]], weight_decay: float,
+                 no_decay: Callable[[str, Any], bool] | None = None) -> list[dict[str, Any]]:
+    """Split each named parameter group in two: decayed, and not decayed (`weight_decay` 0).
+
+    By default biases and the weights of normalisation layers (every 1-D parameter) are not
+    decayed, as in timm's `param_groups_weight_decay`. `no_decay(name, param)` overrides that.
+    Empty groups are dropped; every group keeps its other keys and its `param_names`.
+    """
+    def default(name: str, param: Any) -> bool:
+        return param.ndim <= 1 or name.endswith(".bias")
+
+    skip = no_decay or default
+    out = []
+    for group in groups:
+        names = group.get("param_names") or [f"param{i}" for i in range(len(group["params"]))]
+        rest = {k: v for k, v in group.items() if k not in ("params", "param_names")}
+        split: dict[bool, tuple[list[Any], list[str]]] = {False: ([], []), True: ([], [])}
+        for name, param in zip(names, group["params"], strict=True):
+            split[bool(skip(name, param))][0].append(param)
+            split[bool(skip(name, param))][1].append(name)
+        for skipped, (params, param_names) in split.items():
+            if params:
+                out.append({**rest, "params": params, "param_names": param_names,
+                            "weight_decay": 0.0 if skipped else weight_decay})
+    return out
 
 
 def _fused_on_cuda(params: Iterable[Any], kw: dict[str, Any]) -> list[Any]:
