@@ -15,19 +15,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from model_helpers import TINY, hand_probs, make_checkpoint
 from torch import nn
 
 import covidzoo
 from covidzoo import hookimpl, inference, plugins
-from covidzoo.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
-from covidzoo.data import PreprocessConfig, find_scans, load_scan, synthesize
+from covidzoo.checkpoint import ModelSpec
+from covidzoo.data import find_scans, synthesize
 from covidzoo.ensemble import create_ensembler
 from covidzoo.metrics import binary_report, youden_threshold
 from covidzoo.models.folding import count_batchnorms
-from covidzoo.transforms import to_model_input
-
-TINY = {"depths": [1, 1, 1, 1], "widths": [8, 8, 16, 16], "stem_width": 8, "group_widths": 8,
-        "zero_init_last": False}
 
 
 class Tiny2D(nn.Module):
@@ -60,21 +57,6 @@ def tiny2d_registered():
         pm.unregister(name="tiny2d-test")
 
 
-def make_checkpoint(path: Path, size, seed: int, threshold=None, backbone="regnet3d",
-                    aggregator="volume", model_args=None) -> Path:
-    """A random model whose BatchNorm statistics are not the identity (so folding matters)."""
-    model_args = dict(TINY if model_args is None else model_args)
-    torch.manual_seed(seed)
-    model = covidzoo.create_model(backbone, aggregator=aggregator, **model_args)
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(2, 1, *size) * 2 + 0.5)
-    spec = ModelSpec(backbone, model_args, aggregator, {},
-                     PreprocessConfig(size=size).to_dict(), threshold)
-    return save_checkpoint(path, model.eval(), spec)
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("inference")
@@ -89,19 +71,6 @@ def env(tmp_path_factory):
                                   backbone="tiny2d-test", aggregator="slice-mean", model_args={})
         plugins.reset()
         yield SimpleNamespace(root=root, data=data, a=a, b=b, c2d=c2d)
-
-
-def hand_probs(checkpoint: Path, scans) -> np.ndarray:
-    """The unfolded model on each raw scan, one at a time: the reference every route must match."""
-    model, spec = load_checkpoint(checkpoint)
-    model.eval()
-    cfg = PreprocessConfig.from_dict(spec.preprocess)
-    out = []
-    with torch.no_grad():
-        for scan in scans:
-            x = to_model_input(torch.from_numpy(load_scan(scan, cfg))[None, None])
-            out.append(float(torch.sigmoid(model(x)).reshape(-1)[0]))
-    return np.asarray(out)
 
 
 def records(env, split):

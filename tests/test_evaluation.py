@@ -1,0 +1,101 @@
+"""The use cases behind evaluate, ensemble and predict, called directly as a notebook would."""
+
+from __future__ import annotations
+
+import csv
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from model_helpers import hand_probs, make_checkpoint
+
+from covidzoo.data import find_scans, synthesize
+from covidzoo.errors import BadInputError
+from covidzoo.evaluation import evaluate, fit_ensemble, predict, resolve_threshold
+from covidzoo.inference import load_predictor, read_ensemble_file
+from covidzoo.metrics import binary_report, youden_threshold
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evaluation")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("COVIDZOO_CACHE", str(root / "cache"))
+        data = synthesize(root / "data", n=12, seed=5, fmt="jpg", shape=(12, 40, 40),
+                          val_fraction=0.5)
+        a = make_checkpoint(root / "a.safetensors", (8, 32, 32), seed=0, threshold=0.4)
+        b = make_checkpoint(root / "b.safetensors", (8, 32, 32), seed=1)
+        yield SimpleNamespace(root=root, data=data, a=a, b=b,
+                              val=[r for r in find_scans(root=data) if r.split == "val"])
+
+
+def test_evaluate_returns_the_report_of_the_stored_threshold(env, tmp_path):
+    report = evaluate(env.a, data=env.data, device="cpu")
+    labels = [r.label for r in env.val]
+    np.testing.assert_allclose(report.probs, hand_probs(env.a, [r.path for r in env.val]),
+                               atol=1e-5)
+    assert report.labels.tolist() == labels and report.split == "val"
+    assert report.threshold.value == 0.4 and report.threshold.source == "checkpoint"
+    assert report.metrics == binary_report(labels, report.probs, 0.4)
+    assert report.to_dict()["timing"]["scans"] == len(labels)
+    report.save_predictions(tmp_path / "p.csv")
+    with (tmp_path / "p.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [float(r["probability"]) for r in rows] == pytest.approx(report.probs.tolist())
+    assert report.save_roc(tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_youden_is_the_evaluated_datas_point_and_says_so(env):
+    report = evaluate(env.a, data=env.data, device="cpu", threshold="youden")
+    assert report.threshold.value == youden_threshold(report.labels, report.probs)
+    assert "optimistic" in report.threshold.note
+
+
+def test_evaluate_refuses_a_split_without_labels(env):
+    with pytest.raises(BadInputError, match="no scans in split"):
+        evaluate(env.a, data=env.data, device="cpu", split="test")
+
+
+def test_resolve_threshold_rules(env):
+    predictor = load_predictor(env.b)
+    labels, probs = np.array([0, 1, 1]), np.array([0.2, 0.6, 0.9])
+    assert resolve_threshold("checkpoint", predictor, labels, probs).value == 0.5
+    assert resolve_threshold("0.7", predictor, labels, probs).source == "option"
+    with pytest.raises(BadInputError, match="within"):
+        resolve_threshold("2", predictor, labels, probs)
+
+
+def test_fit_ensemble_fits_on_the_fit_split_and_saves(env, tmp_path):
+    report = fit_ensemble([env.a, env.b], method="mean", data=env.data, device="cpu",
+                          fit_split="train", split="val")
+    assert not report.optimistic and report.notes == []
+    np.testing.assert_allclose(report.fused, report.probs.mean(axis=1))
+    train_report = fit_ensemble([env.a, env.b], method="mean", data=env.data, device="cpu",
+                                fit_split="train", split="train")
+    # The threshold is the Youden point of the fused probabilities of the fit split.
+    assert report.threshold == pytest.approx(
+        youden_threshold(train_report.labels, train_report.fused))
+    assert train_report.optimistic and "optimistic" in train_report.notes[0]
+    saved = report.save(tmp_path / "ens.json")
+    paths, ensembler, threshold = read_ensemble_file(saved)
+    assert [p.resolve() for p in paths] == [env.a.resolve(), env.b.resolve()]
+    assert threshold == report.threshold and ensembler.to_dict()["method"] == "mean"
+
+
+def test_fit_ensemble_refuses_ensemble_files_as_members(env, tmp_path):
+    saved = fit_ensemble([env.a], data=env.data, device="cpu").save(tmp_path / "one.json")
+    with pytest.raises(BadInputError, match="ensemble members must be checkpoints"):
+        fit_ensemble([saved, env.a], data=env.data, device="cpu")
+
+
+def test_predict_scores_raw_scans_and_lists_failures(env, tmp_path):
+    bad = tmp_path / "bad.npy"
+    bad.write_bytes(b"not an array")
+    scans = [env.val[0].path, bad]
+    report = predict(env.a, scans, device="cpu")
+    assert [p.scan for p in report.predictions] == [str(env.val[0].path)]
+    assert report.predictions[0].probability == pytest.approx(
+        float(hand_probs(env.a, [env.val[0].path])[0]), abs=1e-5)
+    assert report.failed[0][0] == str(bad)
+    with pytest.raises(BadInputError, match="every scan failed"):
+        predict(env.a, [bad], device="cpu")
