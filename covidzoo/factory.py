@@ -18,8 +18,11 @@ if TYPE_CHECKING:
 
 # The aggregator of a backbone whose metadata names no `default_aggregator`, by spatial_dims.
 DEFAULT_AGGREGATORS: dict[int, str] = {3: "volume", 2: "slice-mean"}
+# The scan size covidzoo preprocesses to when nothing else says: 64 x 224 x 224 keeps the lungs'
+# 3D structure at a size a 3D network trains on in batches (the built-in 3D RegNets' input).
+DEFAULT_SCAN_SIZE: tuple[int, int, int] = (64, 224, 224)
 # Slices per scan for a 2D backbone, whose `input_size` is one slice (H, W).
-DEFAULT_SLICES = 64
+DEFAULT_SLICES = DEFAULT_SCAN_SIZE[0]
 
 
 def list_models(

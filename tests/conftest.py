@@ -32,3 +32,11 @@ def invoke(runner: CliRunner):
         return runner.invoke(cli, list(args), catch_exceptions=False, **kwargs)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def inference_env(tmp_path_factory):
+    """Tiny checkpoints and data shared by the inference and evaluation tests (model_helpers)."""
+    from model_helpers import inference_env as build
+
+    yield from build(tmp_path_factory.mktemp("inference"))

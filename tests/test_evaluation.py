@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from model_helpers import hand_probs, make_checkpoint
+from model_helpers import hand_probs
 
-from covidzoo.data import find_scans, synthesize
+from covidzoo.data import find_scans
 from covidzoo.errors import BadInputError
 from covidzoo.evaluation import evaluate, fit_ensemble, predict, resolve_threshold
 from covidzoo.inference import load_predictor, read_ensemble_file
@@ -17,26 +16,23 @@ from covidzoo.metrics import binary_report, youden_threshold
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("evaluation")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("COVIDZOO_CACHE", str(root / "cache"))
-        data = synthesize(root / "data", n=12, seed=5, fmt="jpg", shape=(12, 40, 40),
-                          val_fraction=0.5)
-        a = make_checkpoint(root / "a.safetensors", (8, 32, 32), seed=0, threshold=0.4)
-        b = make_checkpoint(root / "b.safetensors", (8, 32, 32), seed=1)
-        yield SimpleNamespace(root=root, data=data, a=a, b=b,
-                              val=[r for r in find_scans(root=data) if r.split == "val"])
+def env(inference_env):
+    return inference_env
 
 
-def test_evaluate_returns_the_report_of_the_stored_threshold(env, tmp_path):
+@pytest.fixture(scope="module")
+def val(env):
+    return [r for r in find_scans(root=env.data) if r.split == "val"]
+
+
+def test_evaluate_returns_the_report_of_the_stored_threshold(env, val, tmp_path):
     report = evaluate(env.a, data=env.data, device="cpu")
-    labels = [r.label for r in env.val]
-    np.testing.assert_allclose(report.probs, hand_probs(env.a, [r.path for r in env.val]),
+    labels = [r.label for r in val]
+    np.testing.assert_allclose(report.probs, hand_probs(env.a, [r.path for r in val]),
                                atol=1e-5)
     assert report.labels.tolist() == labels and report.split == "val"
-    assert report.threshold.value == 0.4 and report.threshold.source == "checkpoint"
-    assert report.metrics == binary_report(labels, report.probs, 0.4)
+    assert report.threshold.value == 0.42 and report.threshold.source == "checkpoint"
+    assert report.metrics == binary_report(labels, report.probs, 0.42)
     assert report.to_dict()["timing"]["scans"] == len(labels)
     report.save_predictions(tmp_path / "p.csv")
     with (tmp_path / "p.csv").open() as fh:
@@ -88,14 +84,14 @@ def test_fit_ensemble_refuses_ensemble_files_as_members(env, tmp_path):
         fit_ensemble([saved, env.a], data=env.data, device="cpu")
 
 
-def test_predict_scores_raw_scans_and_lists_failures(env, tmp_path):
+def test_predict_scores_raw_scans_and_lists_failures(env, val, tmp_path):
     bad = tmp_path / "bad.npy"
     bad.write_bytes(b"not an array")
-    scans = [env.val[0].path, bad]
+    scans = [val[0].path, bad]
     report = predict(env.a, scans, device="cpu")
-    assert [p.scan for p in report.predictions] == [str(env.val[0].path)]
+    assert [p.scan for p in report.predictions] == [str(val[0].path)]
     assert report.predictions[0].probability == pytest.approx(
-        float(hand_probs(env.a, [env.val[0].path])[0]), abs=1e-5)
+        float(hand_probs(env.a, [val[0].path])[0]), abs=1e-5)
     assert report.failed[0][0] == str(bad)
     with pytest.raises(BadInputError, match="every scan failed"):
         predict(env.a, [bad], device="cpu")

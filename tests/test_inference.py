@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import csv
 import json
-from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from model_helpers import TINY, hand_probs, make_checkpoint
-from torch import nn
+from model_helpers import TINY, hand_probs, make_checkpoint, tiny2d_registered
 
 import covidzoo
-from covidzoo import hookimpl, inference, plugins
+from covidzoo import inference
 from covidzoo.checkpoint import ModelSpec
 from covidzoo.data import find_scans, synthesize
 from covidzoo.ensemble import create_ensembler
@@ -27,50 +24,9 @@ from covidzoo.metrics import binary_report, youden_threshold
 from covidzoo.models.folding import count_batchnorms
 
 
-class Tiny2D(nn.Module):
-    """A 2D slice backbone small enough for the tests: conv, BatchNorm, ReLU, pool, linear."""
-
-    def __init__(self, num_classes: int = 1, in_chans: int = 1) -> None:
-        super().__init__()
-        self.in_chans, self.num_classes = in_chans, num_classes
-        self.features = nn.Sequential(nn.Conv2d(in_chans, 4, 3, padding=1), nn.BatchNorm2d(4),
-                                      nn.ReLU())
-        self.head = nn.Linear(4, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
-
-
-class Tiny2DPlugin:
-    @hookimpl
-    def register_backbones(self, register):
-        register("tiny2d-test", Tiny2D, spatial_dims=2, input_size=(32, 32))
-
-
-@contextmanager
-def tiny2d_registered():
-    pm = plugins.get_plugin_manager()
-    pm.register(Tiny2DPlugin(), name="tiny2d-test")
-    try:
-        yield
-    finally:
-        pm.unregister(name="tiny2d-test")
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inference")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("COVIDZOO_CACHE", str(root / "cache"))
-        data = synthesize(root / "data", n=12, seed=3, fmt="jpg", shape=(12, 40, 40),
-                          val_fraction=0.5)
-        a = make_checkpoint(root / "a.safetensors", (8, 32, 32), seed=0, threshold=0.42)
-        b = make_checkpoint(root / "b.safetensors", (16, 32, 32), seed=1)
-        with tiny2d_registered():
-            c2d = make_checkpoint(root / "c2d.safetensors", (6, 24, 24), seed=2,
-                                  backbone="tiny2d-test", aggregator="slice-mean", model_args={})
-        plugins.reset()
-        yield SimpleNamespace(root=root, data=data, a=a, b=b, c2d=c2d)
+def env(inference_env):
+    return inference_env
 
 
 def records(env, split):

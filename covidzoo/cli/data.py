@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from ..errors import BadInputError, CovidzooError
+from ..factory import DEFAULT_SCAN_SIZE
 from .options import parse_size, print_json, print_table, workers_option
 
 
@@ -63,7 +64,8 @@ def synth(out: Path, n: int, seed: int, fmt: str, shape: str, as_json: bool) -> 
 @data.command("prepare")
 @click.argument("root", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Cache folder.")
-@click.option("--size", help="Output D,H,W.  [default: 64,224,224, the preprocessing default]")
+@click.option("--size", help="Output D,H,W.  [default: "
+              f"{','.join(map(str, DEFAULT_SCAN_SIZE))}]")
 @click.option("--window", default="-600,1500", show_default=True, help="HU window level,width.")
 @click.option("--crop-slices", default=0.0, show_default=True,
               help="Fraction of slices dropped at each end.")
@@ -89,10 +91,9 @@ def prepare(root: Path, out: Path, size: str | None, window: str, crop_slices: f
     from ..data.preprocess import PreprocessConfig
     from ..runtime import resolve_workers
 
-    defaults = PreprocessConfig()
     workers = resolve_workers(workers, "cpu")  # preprocessing runs on the CPU
     cfg = PreprocessConfig(
-        size=defaults.size if size is None else parse_size("--size", size),  # type: ignore
+        size=DEFAULT_SCAN_SIZE if size is None else parse_size("--size", size),  # type: ignore
         window=parse_window(window),
         crop_slices=crop_slices, crop_border=crop_border, contrast=contrast,
     )

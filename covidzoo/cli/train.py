@@ -6,20 +6,10 @@ from typing import Any
 
 import click
 
-from .options import (
-    BackboneCommand,
-    backbone_kwargs,
-    device_option,
-    parse_key_values,
-    parse_model_args,
-    parse_size,
-    precision_option,
-    print_json,
-    workers_option,
-)
+from . import options as opt
 
 
-@click.command("train", cls=BackboneCommand)
+@click.command("train", cls=opt.BackboneCommand)
 @click.argument("backbone")
 @click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
               help="Any other keyword of the backbone's factory (repeatable, JSON values).")
@@ -45,7 +35,7 @@ from .options import (
 @click.option("--warmup-epochs", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--pos-weight", type=click.FloatRange(min=0, min_open=True),
               help="Weight of the covid class in the loss (the 3D RegNet paper's loss weight).")
-@precision_option
+@opt.precision_option
 @click.option("--channels-last/--no-channels-last", default=None,
               help="Channels-last memory format (default: what was measured fastest).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
@@ -59,8 +49,8 @@ from .options import (
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), help="Run folder (default runs/BACKBONE-TIME).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.safetensors.")
-@device_option
-@workers_option
+@opt.device_option
+@opt.workers_option
 @click.option("--patience", type=click.IntRange(min=1), help="Early stopping patience (epochs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def train(backbone: str, model_arg: tuple[str, ...], aggregator_arg: tuple[str, ...],
@@ -75,21 +65,21 @@ def train(backbone: str, model_arg: tuple[str, ...], aggregator_arg: tuple[str, 
     from ..train import TrainConfig
     from ..train import train as run_training
 
-    model_args = parse_model_args(model_arg)
-    model_args.update(backbone_kwargs(get_component(backbone), options))
+    model_args = opt.parse_model_args(model_arg)
+    model_args.update(opt.backbone_kwargs(get_component(backbone), options))
     train_keys = set(TrainConfig.__dataclass_fields__)
     cfg = TrainConfig(
         backbone=backbone,
         model_args=model_args,
-        aggregator_args=parse_key_values("--aggregator-arg", aggregator_arg),
-        optimizer_args=parse_key_values("--optimizer-arg", optimizer_arg),
-        size=None if size is None else parse_size("--size", size),
+        aggregator_args=opt.parse_key_values("--aggregator-arg", aggregator_arg),
+        optimizer_args=opt.parse_key_values("--optimizer-arg", optimizer_arg),
+        size=None if size is None else opt.parse_size("--size", size),
         compile=compile_,
         **{k: v for k, v in options.items() if k in train_keys},
     )
     summary = run_training(cfg, quiet=as_json)
     if as_json:
-        print_json(summary)
+        opt.print_json(summary)
         return
     click.echo(
         f"{summary['backbone']}: best val AUC {summary['best_val_auc']} at epoch "

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInputError
+from ..factory import DEFAULT_SCAN_SIZE
 from .volume import Volume
 
 CONTRASTS = ("none", "stretch", "equalize")
@@ -25,8 +26,8 @@ CONTRASTS = ("none", "stretch", "equalize")
 class PreprocessConfig:
     """How a scan becomes a model input.
 
-    - `size`: output `(D, H, W)`. 64 x 224 x 224 keeps the lungs' 3D structure at a size a
-      3D network trains on in batches; pass a smaller size for CPU demos.
+    - `size`: output `(D, H, W)`, by default `covidzoo.factory.DEFAULT_SCAN_SIZE`; pass a
+      smaller size for CPU demos.
     - `window`: `(level, width)` in HU for HU input. The lung window -600/1500 spans air-filled
       lung (-1000) to soft tissue (+150), the range where ground-glass opacities (-700 to
       -300 HU) show; bone and metal saturate. 8-bit slice images are passed through (their
@@ -39,7 +40,7 @@ class PreprocessConfig:
       opacities stand out.
     """
 
-    size: tuple[int, int, int] = (64, 224, 224)
+    size: tuple[int, int, int] = DEFAULT_SCAN_SIZE
     window: tuple[float, float] = (-600.0, 1500.0)
     crop_slices: float = 0.0
     crop_border: float = 0.0

@@ -9,32 +9,27 @@ from ..hookspecs import hookimpl
 
 # The 3D RegNet's architecture options (Table 1 of the paper, and pycls's design space). Their
 # values are checked by `RegNet3DCfg` when the model is built.
-REGNET3D_OPTIONS = (
-    {"flag": "--depths", "param": "depths", "type": "ints",
-     "help": "Blocks per stage, e.g. 2,6,12,4."},
-    {"flag": "--widths", "param": "widths", "type": "ints",
-     "help": "Output width per stage, e.g. 48,128,256,512."},
-    {"flag": "--group-widths", "param": "group_widths", "type": "ints",
-     "help": "Group width: one value, or one per stage."},
-    {"flag": "--bottleneck-ratio", "param": "bottleneck_ratio", "type": "float",
-     "help": "Bottleneck width / block width."},
-    {"flag": "--se-ratio", "param": "se_ratio", "type": "float",
-     "help": "Squeeze-excitation ratio (0: none)."},
-    {"flag": "--stem-width", "param": "stem_width", "type": "int",
-     "help": "Channels of the stem conv."},
-    {"flag": "--w0", "param": "w0", "type": "int",
-     "help": "Design space: initial width (a multiple of 8)."},
-    {"flag": "--wa", "param": "wa", "type": "float",
-     "help": "Design space: width slope per block."},
-    {"flag": "--wm", "param": "wm", "type": "float",
-     "help": "Design space: width multiplier between stages (> 1)."},
-    {"flag": "--depth", "param": "depth", "type": "int",
-     "help": "Design space: total number of blocks."},
+# (flag, type, help); the parameter is the flag's name with underscores.
+REGNET3D_OPTIONS = tuple(
+    {"flag": flag, "param": flag[2:].replace("-", "_"), "type": kind, "help": text}
+    for flag, kind, text in (
+        ("--depths", "ints", "Blocks per stage, e.g. 2,6,12,4."),
+        ("--widths", "ints", "Output width per stage, e.g. 48,128,256,512."),
+        ("--group-widths", "ints", "Group width: one value, or one per stage."),
+        ("--bottleneck-ratio", "float", "Bottleneck width / block width."),
+        ("--se-ratio", "float", "Squeeze-excitation ratio (0: none)."),
+        ("--stem-width", "int", "Channels of the stem conv."),
+        ("--w0", "int", "Design space: initial width (a multiple of 8)."),
+        ("--wa", "float", "Design space: width slope per block."),
+        ("--wm", "float", "Design space: width multiplier between stages (> 1)."),
+        ("--depth", "int", "Design space: total number of blocks."),
+    )
 )
 
 
 @hookimpl
 def register_backbones(register: Any) -> None:
+    from ..factory import DEFAULT_SCAN_SIZE
     from ..models.regnet3d_cfg import REGNET3D_CFGS, resolve_cfg
 
     def ints(values: Any) -> str:
@@ -48,7 +43,7 @@ def register_backbones(register: Any) -> None:
             summary=f"3D RegNet: depths {ints(resolved.depths)}, widths"
             f" {ints(resolved.widths)}, group widths {ints(resolved.group_widths)}",
             spatial_dims=3,
-            input_size=(64, 224, 224),
+            input_size=DEFAULT_SCAN_SIZE,
             default_cfg=resolved.to_dict(),
             default_aggregator="volume",
             family="regnet3d",
