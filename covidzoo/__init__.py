@@ -18,16 +18,18 @@ from .factory import (
     list_models,
     load_checkpoint,
 )
-from .hookspecs import hookimpl, hookspec
-from .registry import KINDS, Component, Kind
+from .hookspecs import Register, hookimpl, hookspec
+from .registry import KINDS, Component, ComponentOption, Kind
 
 __all__ = [
     "KINDS",
     "BadInputError",
     "Component",
+    "ComponentOption",
     "CovidzooError",
     "Kind",
     "PluginError",
+    "Register",
     "UnknownComponentError",
     "__version__",
     "DEFAULT_AGGREGATORS",

@@ -2,8 +2,11 @@
 
 A checkpoint holds the model's tensors and, in the safetensors metadata under the key
 `covidzoo`, a JSON document with the backbone's registry name, the keyword arguments that
-rebuild it, the aggregator, the preprocessing, the decision threshold and the covidzoo version.
-`load_checkpoint(path)` rebuilds the model from the file alone. Nothing is ever unpickled.
+rebuild it, the aggregator, the preprocessing, the decision threshold, the covidzoo version and
+the provenance of the backbone and the aggregator (the plugin and the installed package, with
+its version, that provided each). `load_checkpoint(path)` rebuilds the model from the file
+alone; a component no loaded plugin provides any more is an error that says what to install.
+Nothing is ever unpickled.
 
 Training state for `--resume` (optimizer, grad scaler, scheduler, RNG) lives beside the model
 in `NAME.state.safetensors` (tensors) and `NAME.state.json` (everything else).
@@ -11,24 +14,34 @@ in `NAME.state.safetensors` (tensors) and `NAME.state.json` (everything else).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ._version import __version__
-from .errors import BadInputError
+from .errors import BadInputError, UnknownComponentError
 from .fileio import atomic_write, atomic_write_text
 
 METADATA_KEY = "covidzoo"
 FORMAT_VERSION = 1
 
 
+# The components a checkpoint's provenance covers: the spec attribute, which is also the kind.
+PROVENANCE_ROLES = ("backbone", "aggregator")
+
+
 @dataclass
 class ModelSpec:
-    """Everything needed to rebuild a model and to feed it: stored in every checkpoint."""
+    """Everything needed to rebuild a model and to feed it: stored in every checkpoint.
+
+    `provenance` maps each component role ("backbone", "aggregator") to where it came from,
+    `{"plugin", "package", "version"}` (`covidzoo.plugins.provenance`); `save_checkpoint` fills
+    it in, and a checkpoint written before it existed loads with `{}`.
+    """
 
     backbone: str
     model_args: dict[str, Any] = field(default_factory=dict)
@@ -37,11 +50,60 @@ class ModelSpec:
     preprocess: dict[str, Any] = field(default_factory=dict)
     threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def _components(self) -> list[tuple[str, str]]:
+        """`(role, registry name)` of the spec's components; `aggregator="auto"` is resolved
+        as `create_model` does, once the backbone is known."""
+        found = [("backbone", self.backbone)]
+        if self.aggregator == "auto":
+            from .factory import default_aggregator
+
+            with contextlib.suppress(UnknownComponentError):
+                found.append(("aggregator", default_aggregator(self.backbone)))
+        elif self.aggregator is not None:
+            found.append(("aggregator", self.aggregator))
+        return found
+
+    def check_components(self, source: str = "the checkpoint") -> None:
+        """Raise `UnknownComponentError` for a backbone or aggregator no loaded plugin provides,
+        saying which package `source` was made with (when its provenance says so)."""
+        from .factory import get_component
+        from .plugins import missing_component_message
+
+        for role, name in self._components():
+            try:
+                get_component(name, role)  # type: ignore[arg-type]
+            except UnknownComponentError as exc:
+                message = missing_component_message(role, name, self.provenance.get(role),
+                                                    source)
+                if message is None:
+                    raise
+                raise UnknownComponentError(message) from exc
+
+    def with_provenance(self) -> ModelSpec:
+        """A copy whose provenance records the plugins that provide its components now (a
+        component that is not registered keeps what was recorded)."""
+        from .factory import get_component
+        from .plugins import provenance
+
+        names = dict(self._components())
+        recorded = {k: v for k, v in self.provenance.items()
+                    if k in names or k not in PROVENANCE_ROLES}
+        for role, name in names.items():
+            with contextlib.suppress(UnknownComponentError):  # keeps what was recorded
+                recorded[role] = provenance(get_component(name, role))  # type: ignore[arg-type]
+        return replace(self, provenance=recorded)
 
     def build(self) -> Any:
-        """A fresh, randomly initialised model of this spec (through the registry)."""
+        """A fresh, randomly initialised model of this spec (through the registry).
+
+        A backbone or aggregator that is not registered raises `UnknownComponentError`; with a
+        recorded provenance, the message names the package to install.
+        """
         from .factory import create_model
 
+        self.check_components()
         return create_model(
             self.backbone,
             aggregator=self.aggregator,
@@ -60,6 +122,7 @@ class ModelSpec:
             "preprocess": self.preprocess,
             "threshold": self.threshold,
             "extra": self.extra,
+            "provenance": self.provenance,
         }
 
     @classmethod
@@ -72,7 +135,15 @@ class ModelSpec:
             preprocess=dict(data.get("preprocess") or {}),
             threshold=data.get("threshold"),
             extra=dict(data.get("extra") or {}),
+            provenance=_provenance_of(data.get("provenance")),
         )
+
+
+def _provenance_of(value: Any) -> dict[str, Any]:
+    """The stored provenance, tolerant: anything but a mapping of mappings is left out."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): dict(v) for k, v in value.items() if isinstance(v, Mapping)}
 
 
 def unwrap_model(model: Any) -> Any:
@@ -85,11 +156,12 @@ def unwrap_model(model: Any) -> Any:
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: Any, spec: ModelSpec) -> Path:
-    """Write `model`'s weights and `spec` to `path` atomically."""
+    """Write `model`'s weights and `spec` to `path` atomically, with the provenance of the
+    spec's components (`ModelSpec.with_provenance`)."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap_model(model).state_dict().items()}
-    metadata = {METADATA_KEY: json.dumps(spec.to_dict())}
+    metadata = {METADATA_KEY: json.dumps(spec.with_provenance().to_dict())}
     return atomic_write(path, lambda tmp: save_file(state, tmp, metadata=metadata))
 
 
@@ -135,6 +207,10 @@ def load_checkpoint(path: str | os.PathLike[str], device: Any = "cpu") -> tuple[
     from safetensors.torch import load_file
 
     spec = read_spec(path)
+    try:
+        spec.check_components()
+    except UnknownComponentError as exc:
+        raise UnknownComponentError(f"{path}: {exc}") from exc
     model = spec.build()
     state = load_file(str(path), device=str(device))
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -31,13 +31,20 @@ from numpy.typing import NDArray
 from torch import nn
 
 from ._version import __version__
-from .checkpoint import ModelSpec, load_checkpoint
+from .checkpoint import ModelSpec, load_checkpoint, read_spec
 from .data.preprocess import PreprocessConfig, load_scan
 from .data.sources import data_source
-from .errors import BadInputError, one_line
-from .factory import spatial_dims
+from .errors import BadInputError, UnknownComponentError, one_line
+from .factory import get_component, spatial_dims
 from .fileio import atomic_write_text
-from .runtime import Precision, prepare_model, resolve_precision, tune_cudnn
+from .plugins import missing_component_message, provenance
+from .runtime import (
+    Precision,
+    prepare_model,
+    resolve_precision,
+    scans_channels_last,
+    tune_cudnn,
+)
 from .transforms import to_model_input
 
 ENSEMBLE_FORMAT = 1
@@ -85,8 +92,9 @@ class Member:
     @torch.inference_mode()
     def probs(self, batch: torch.Tensor) -> torch.Tensor:
         """Covid probabilities (float32, on the device) of uint8 scans `B x 1 x D x H x W`."""
+        dims = spatial_dims(self.spec.backbone)
         x = to_model_input(batch.to(self.device, non_blocking=True),
-                           channels_last=self.precision.channels_last)
+                           channels_last=scans_channels_last(self.precision, dims))
         with self.precision.autocast(self.device.type):
             logits = self.model(x)
         return logits_to_probs(logits, self.num_classes)
@@ -143,7 +151,11 @@ def write_ensemble_file(
     threshold: float,
 ) -> Path:
     """Write an ensemble file atomically: member paths relative to its folder where possible,
-    so a folder of checkpoints and its ensemble file can move together."""
+    so a folder of checkpoints and its ensemble file can move together.
+
+    The file records the provenance of its components (`covidzoo.plugins.provenance`): the
+    ensembler's, and each member's backbone and aggregator, in member order.
+    """
     path = Path(path)
     folder = path.resolve().parent
     listed = []
@@ -153,20 +165,89 @@ def write_ensemble_file(
             listed.append(os.path.relpath(absolute, folder))
         except ValueError:  # another drive (Windows): no relative path exists
             listed.append(str(absolute))
+    state = ensembler.to_dict()
     data = {
         "format": ENSEMBLE_FORMAT,
         "members": listed,
-        "ensembler": ensembler.to_dict(),
+        "ensembler": state,
         "threshold": float(threshold),
         "covidzoo_version": __version__,
+        "provenance": {
+            "ensembler": _ensembler_provenance(state),
+            "members": [_member_provenance(member) for member in members],
+        },
     }
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _ensembler_provenance(state: Any) -> dict[str, Any]:
+    method = state.get("method") if isinstance(state, dict) else None
+    if not isinstance(method, str):
+        return {}
+    try:
+        return provenance(get_component(method, "ensembler"))
+    except UnknownComponentError:
+        return {}
+
+
+def _member_provenance(member: str | os.PathLike[str]) -> dict[str, Any]:
+    try:
+        return read_spec(member).with_provenance().provenance
+    except BadInputError:  # not a checkpoint: loading it reports that
+        return {}
+
+
+def _recorded(data: dict[str, Any], *keys: Any) -> Any:
+    """`data["provenance"][keys[0]][keys[1]]...`, or None where any level is missing."""
+    value: Any = data.get("provenance")
+    for key in keys:
+        if isinstance(value, dict) and isinstance(key, str):
+            value = value.get(key)
+        elif isinstance(value, list) and isinstance(key, int) and key < len(value):
+            value = value[key]
+        else:
+            return None
+    return value
+
+
+def _check_ensembler(path: Path, data: dict[str, Any]) -> None:
+    """An ensembler no loaded plugin provides: the error names the package to install."""
+    method = data["ensembler"].get("method") if isinstance(data["ensembler"], dict) else None
+    if not isinstance(method, str):
+        return  # load_ensembler explains
+    try:
+        get_component(method, "ensembler")
+    except UnknownComponentError as exc:
+        message = missing_component_message("ensembler", method,
+                                            _recorded(data, "ensembler"), "the ensemble file")
+        raise UnknownComponentError(f"{path}: {message or exc}") from exc
+
+
+def _check_member_components(path: Path, data: dict[str, Any], members: list[str],
+                             paths: list[Path]) -> None:
+    """Each member's backbone and aggregator must be registered; the provenance its checkpoint
+    records (else the ensemble file's record of it) names the package to install."""
+    for i, (member, member_path) in enumerate(zip(members, paths, strict=True)):
+        try:
+            spec = read_spec(member_path)
+        except BadInputError:
+            continue  # load_member reports it with its reason
+        recorded = _recorded(data, "members", i)
+        if isinstance(recorded, dict):
+            spec.provenance = {**{k: v for k, v in recorded.items() if isinstance(v, dict)},
+                               **spec.provenance}
+        try:
+            spec.check_components()
+        except UnknownComponentError as exc:
+            raise UnknownComponentError(f"{path}: member {member}: {exc}") from exc
 
 
 def read_ensemble_file(path: str | os.PathLike[str]) -> tuple[list[Path], Any, float | None]:
     """`(member checkpoint paths, fitted ensembler, threshold)` of an ensemble file.
 
-    Every member must exist: a missing one is named in the `BadInputError`.
+    Every member must exist: a missing one is named in the `BadInputError`. An ensembler, or a
+    member's backbone or aggregator, that no loaded plugin provides is an
+    `UnknownComponentError` naming the package recorded in the file's provenance.
     """
     from .ensemble import load_ensembler
 
@@ -195,6 +276,8 @@ def read_ensemble_file(path: str | os.PathLike[str]) -> tuple[list[Path], Any, f
             f"{path}: member checkpoint(s) not found: {', '.join(missing)} "
             f"(relative paths are read from {path.parent})"
         )
+    _check_ensembler(path, data)
+    _check_member_components(path, data, members, paths)
     ensembler = load_ensembler(data["ensembler"])
     n_models = getattr(ensembler, "n_models", None)
     if n_models is not None and n_models != len(paths):

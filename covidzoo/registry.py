@@ -10,11 +10,13 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
+from . import values
 from .errors import BadInputError, CovidzooError, UnknownComponentError, one_line
 
 Kind = Literal["backbone", "aggregator", "ensembler", "optimizer"]
@@ -30,7 +32,8 @@ KIND_HOOKS: dict[Kind, str] = {
 
 
 class RegistrationError(CovidzooError):
-    """A plugin registered a component wrongly (a name clash, a bad name or metadata)."""
+    """A plugin registered a component wrongly: a bad name, factory, summary or metadata, or
+    one name twice. (A clash between two plugins is no error: see `covidzoo.plugins`.)"""
 
 
 # What a declared option's text becomes: checked for form here; the component's own config
@@ -43,6 +46,13 @@ OPTION_TYPES: dict[str, str] = {
     "strs": "names, comma-separated",
 }
 _METAVARS = {"int": "INT", "ints": "INTS", "float": "FLOAT", "str": "TEXT", "strs": "NAMES"}
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "int": values.parse_positive_int,
+    "ints": values.parse_int_list,
+    "float": values.parse_float,
+    "str": lambda flag, text: text,
+    "strs": values.parse_names,
+}
 
 
 @dataclass(frozen=True)
@@ -83,36 +93,7 @@ class ComponentOption:
     def parse(self, text: str) -> Any:
         """The option's value from its command-line text; bad form is a `BadInputError`
         naming the flag."""
-        text = str(text)
-        if self.type in ("int", "ints"):
-            items = text.split(",") if self.type == "ints" else [text]
-            if any(not item.strip() for item in items):
-                raise BadInputError(f"{self.flag}: '{text}' has an empty item; give "
-                                    f"{OPTION_TYPES[self.type]}")
-            values = []
-            for item in items:
-                try:
-                    value = int(item.strip())
-                except ValueError:
-                    raise BadInputError(f"{self.flag}: '{item}' is not an integer") from None
-                if value <= 0:
-                    raise BadInputError(f"{self.flag}: {value} must be positive")
-                values.append(value)
-            return values if self.type == "ints" else values[0]
-        if self.type == "float":
-            try:
-                value = float(text.strip())
-            except ValueError:
-                raise BadInputError(f"{self.flag}: '{text}' is not a number") from None
-            if value != value or value in (float("inf"), float("-inf")):
-                raise BadInputError(f"{self.flag}: {text} is not a finite number")
-            return value
-        if self.type == "strs":
-            names = [n.strip() for n in text.split(",")]
-            if not all(names):
-                raise BadInputError(f"{self.flag}: '{text}' has an empty item")
-            return names
-        return text
+        return _PARSERS[self.type](self.flag, str(text))
 
     def to_dict(self) -> dict[str, Any]:
         return {"flag": self.flag, "param": self.param, "type": self.type, "help": self.help}
@@ -185,6 +166,19 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _input_size(value: Any, dims: int, where: str) -> tuple[int, ...]:
+    """A backbone's `input_size` as a tuple of `dims` positive ints, or `RegistrationError`."""
+    shape = "(D, H, W)" if dims == 3 else "(H, W)"
+    if isinstance(value, (list, tuple)) and len(value) == dims and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0 for v in value
+    ):
+        return tuple(int(v) for v in value)
+    given = "no input_size" if value is None else f"input_size {value!r}"
+    raise RegistrationError(
+        f"{where} with {given}; a {dims}D backbone needs input_size={shape}, {dims} positive ints"
+    )
+
+
 def _summary_of(factory: Callable[..., Any] | str) -> str:
     doc = getattr(factory, "__doc__", None) if callable(factory) else None
     return doc.strip().splitlines()[0] if doc and doc.strip() else ""
@@ -199,7 +193,12 @@ class Registry:
     def registrar(
         self, kind: Kind, plugin: str, staged: list[Component]
     ) -> Callable[..., None]:
-        """The `register` callback handed to one plugin's hook: it stages, `commit` applies."""
+        """The `register` callback handed to one plugin's hook: it stages, `commit` applies.
+
+        It checks each registration at once (a `RegistrationError` naming the plugin and the
+        component): a name, a callable or `"module:attr"` factory, a summary for a string
+        factory, and a backbone's `spatial_dims` and `input_size`.
+        """
 
         def register(
             name: str,
@@ -210,18 +209,28 @@ class Registry:
         ) -> None:
             if not isinstance(name, str) or not name or name != name.strip():
                 raise RegistrationError(f"plugin '{plugin}' registered a {kind} with a bad name")
+            where = f"plugin '{plugin}' registered {kind} '{name}'"
             if not (callable(factory) or (isinstance(factory, str) and ":" in factory)):
+                raise RegistrationError(f"{where} without a callable factory")
+            if summary is None and not callable(factory):
+                # Reading the docstring would import the module: `covidzoo models` would then
+                # import torch and every plugin's dependencies just to list names.
                 raise RegistrationError(
-                    f"plugin '{plugin}' registered {kind} '{name}' without a callable factory"
+                    f"{where} with the import path '{factory}' but no summary=; give"
+                    " summary='one line' (covidzoo does not import a factory to read its"
+                    " docstring)"
                 )
-            if kind == "backbone" and metadata.get("spatial_dims") not in (2, 3):
-                raise RegistrationError(
-                    f"plugin '{plugin}' registered backbone '{name}' without spatial_dims 2 or 3"
-                )
+            if summary is not None and not isinstance(summary, str):
+                raise RegistrationError(f"{where} with a summary that is not a string")
+            if kind == "backbone":
+                dims = metadata.get("spatial_dims")
+                if dims not in (2, 3):
+                    raise RegistrationError(f"{where} without spatial_dims 2 or 3")
+                metadata["input_size"] = _input_size(metadata.get("input_size"), dims, where)
             if "options" in metadata:
-                where = f"plugin '{plugin}', {kind} '{name}'"
+                where_option = f"plugin '{plugin}', {kind} '{name}'"
                 metadata["options"] = tuple(
-                    ComponentOption.of(o, where) for o in metadata["options"] or ())
+                    ComponentOption.of(o, where_option) for o in metadata["options"] or ())
             staged.append(
                 Component(
                     name=name,
@@ -235,20 +244,31 @@ class Registry:
 
         return register
 
-    def commit(self, staged: Iterable[Component]) -> None:
-        """Add a plugin's staged components all together, or none if one clashes."""
+    def commit(self, staged: Iterable[Component]) -> list[tuple[Component, Component]]:
+        """Add one plugin's staged components; returns the clashes `(dropped, kept)`.
+
+        A component whose (kind, name) is already registered is not added: the component
+        registered first keeps the name (`covidzoo.plugins.get_registry` commits built-ins
+        first, then third-party plugins in name order), and the others are added. A plugin
+        that registers one name twice is a `RegistrationError` and nothing of it is added.
+        """
         staged = list(staged)
         seen: dict[tuple[Kind, str], Component] = {}
         for comp in staged:
             key = (comp.kind, comp.name)
-            other = self._components.get(key) or seen.get(key)
-            if other is not None:
+            if key in seen:
                 raise RegistrationError(
-                    f"{comp.kind} '{comp.name}' is registered by both plugin '{other.plugin}'"
-                    f" and plugin '{comp.plugin}'"
+                    f"plugin '{comp.plugin}' registered {comp.kind} '{comp.name}' twice"
                 )
             seen[key] = comp
-        self._components.update(seen)
+        clashes = []
+        for key, comp in seen.items():
+            other = self._components.get(key)
+            if other is not None:
+                clashes.append((comp, other))
+            else:
+                self._components[key] = comp
+        return clashes
 
     def components(
         self, pattern: str | Sequence[str] = "*", kind: Kind | None = None

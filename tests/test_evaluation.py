@@ -95,3 +95,29 @@ def test_predict_scores_raw_scans_and_lists_failures(env, val, tmp_path):
     assert report.failed[0][0] == str(bad)
     with pytest.raises(BadInputError, match="every scan failed"):
         predict(env.a, [bad], device="cpu")
+
+
+
+def test_channels_last_scans_go_to_volume_models_only(env):
+    """A slice model under a channels-last precision gets its scans in the default layout (it
+    reshapes them to slices), as in training; a volume model gets channels_last_3d."""
+    import torch
+    from model_helpers import tiny2d_registered
+
+    from covidzoo.checkpoint import read_spec
+    from covidzoo.inference import Member
+    from covidzoo.runtime import Precision
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.is_contiguous(memory_format=torch.channels_last_3d))
+            return torch.zeros(x.shape[0], 1)
+
+    scans = torch.zeros(1, 2, 4, 8, 8, dtype=torch.uint8)  # 2 channels: layouts differ
+    with tiny2d_registered():
+        for checkpoint in (env.c2d, env.a):
+            Member(checkpoint, read_spec(checkpoint), Spy(), Precision("fp32", True),
+                   torch.device("cpu"), 1).probs(scans)
+    assert seen == [False, True]

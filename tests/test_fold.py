@@ -43,3 +43,42 @@ def test_sequential_pairs_fold_and_other_orders_do_not():
     folded = fold_batchnorm(trained_stats(model, torch.randn(2, 1, 8, 8)))
     assert isinstance(folded[1], nn.Identity) and isinstance(folded[3], nn.BatchNorm2d)
     assert max_fold_error(model, folded, torch.randn(2, 1, 8, 8)) < 1e-5
+
+
+class Inner(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(2, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm3d(4)
+
+
+class Outer(nn.Module):
+    """Declares the pair of a submodule by dotted paths: `Inner` declares nothing itself."""
+
+    conv_bn_pairs = (("block.conv", "block.bn"), ("stem", "norms.0"))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv3d(1, 2, 3, padding=1)
+        self.norms = nn.ModuleList([nn.BatchNorm3d(2)])
+        self.block = Inner()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.norms[0](self.stem(x)))
+        return self.block.bn(self.block.conv(x))
+
+
+def test_dotted_pairs_fold_nested_modules():
+    x = torch.randn(2, 1, 6, 8, 8)
+    model = trained_stats(Outer(), x)
+    folded = fold_batchnorm(model)
+    assert isinstance(folded.block.bn, nn.Identity) and isinstance(folded.norms[0], nn.Identity)
+    assert count_batchnorms(folded) == 0 and count_batchnorms(model) == 2
+    assert max_fold_error(model, folded, x) < 1e-5
+
+
+def test_a_dotted_pair_that_names_no_module_is_an_error():
+    model = Outer()
+    model.conv_bn_pairs = (("block.conv", "block.norm"),)
+    with pytest.raises(AttributeError, match="norm"):
+        fold_batchnorm(model)

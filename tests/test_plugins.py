@@ -85,9 +85,16 @@ def test_plugins_command_lists_versions_and_hooks(invoke):
     assert rows["covidzoo.commands"]["version"] == covidzoo.__version__
 
 
-def test_plugins_table(invoke):
+def test_plugins_table(invoke, monkeypatch):
     result = invoke("plugins")
     assert "example" in result.output and "register_backbones" in result.output
+    assert "loaded" in result.output
+    monkeypatch.setenv("COVIDZOO_PLUGINS", "monai")
+    plugins.reset()
+    result = invoke("plugins")
+    assert "skipped" in result.output
+    assert "example (covidzoo-example 0.1.0) skipped: not named in COVIDZOO_PLUGINS" in (
+        result.output)
 
 
 # --- one test per hook (tests/test_docs.py checks that each hook has one) ----------------------
@@ -187,14 +194,19 @@ def test_broken_entry_point_in_strict_mode_exits_2(monkeypatch, runner):
 class RaisingHook:
     @hookimpl
     def register_backbones(self, register):
-        register("half-registered", lambda **kw: None, spatial_dims=3)
+        register("half-registered", lambda **kw: None, spatial_dims=3, input_size=(8, 8, 8))
         raise RuntimeError("boom")
+
+    @hookimpl
+    def register_optimizers(self, register):
+        register("raising-opt", lambda params, **kw: None)
 
 
 def test_plugin_whose_hook_raises_is_skipped_whole(capsys):
     get_plugin_manager().register(RaisingHook(), name="raising")
     names = covidzoo.list_models()
     assert "half-registered" not in names and "tiny3d" in names
+    assert "raising-opt" not in names  # the whole plugin goes, not only the raising hook
     assert "plugin 'raising' failed and was skipped: RuntimeError: boom" in capsys.readouterr().err
     assert not get_plugin_manager().has_plugin("raising")
 
@@ -203,14 +215,134 @@ class Clashing:
     @hookimpl
     def register_optimizers(self, register):
         register("adam", lambda params, **kw: None)
+        register("clashing-opt", lambda params, **kw: None)
 
 
-def test_name_clash_with_a_builtin_drops_the_third_party_plugin(capsys):
+def test_name_clash_with_a_builtin_drops_only_the_clashing_component(capsys):
     get_plugin_manager().register(Clashing(), name="clashing")
     assert covidzoo.get_component("adam", "optimizer").plugin == "covidzoo.optimizers"
+    assert covidzoo.get_component("clashing-opt", "optimizer").plugin == "clashing"
     err = capsys.readouterr().err
-    assert "optimizer 'adam' is registered by both plugin 'covidzoo.optimizers'" in err
-    assert "plugin 'clashing'" in err
+    assert ("optimizer 'adam' is registered by both plugin 'covidzoo.optimizers' and plugin"
+            " 'clashing'; plugin 'clashing' loses it (built-in components win)") in err
+    assert get_plugin_manager().has_plugin("clashing")
+
+
+def clash_pair():
+    """Two third-party plugins that clash on backbone 'dup' from different hooks first."""
+
+    class Zeta:
+        @hookimpl
+        def register_optimizers(self, register):
+            register("zeta-opt", lambda params, **kw: None)
+
+        @hookimpl
+        def register_backbones(self, register):
+            register("dup", lambda **kw: "zeta", spatial_dims=3, input_size=(8, 8, 8))
+
+    class Alpha:
+        @hookimpl
+        def register_aggregators(self, register):
+            register("alpha-agg", lambda backbone, **kw: None, spatial_dims=3)
+
+        @hookimpl
+        def register_backbones(self, register):
+            register("dup", lambda **kw: "alpha", spatial_dims=3, input_size=(8, 8, 8))
+
+    return [(Zeta(), "zeta"), (Alpha(), "alpha")]
+
+
+@pytest.mark.parametrize("order", [[0, 1], [1, 0]])
+def test_third_party_clash_goes_to_the_first_plugin_name_in_either_order(order, capsys):
+    pm = get_plugin_manager()
+    pair = clash_pair()
+    for i in order:
+        pm.register(*pair[i][:1], name=pair[i][1])
+    assert covidzoo.create_model("dup") == "alpha"
+    assert covidzoo.get_component("dup").plugin == "alpha"
+    assert covidzoo.get_component("zeta-opt", "optimizer").plugin == "zeta"
+    assert covidzoo.get_component("alpha-agg", "aggregator").plugin == "alpha"
+    err = capsys.readouterr().err
+    assert ("backbone 'dup' is registered by both plugin 'alpha' and plugin 'zeta'; plugin"
+            " 'zeta' loses it (the plugin whose name sorts first keeps it)") in err
+    rows = {r["name"]: r for r in plugins.plugin_info()}
+    assert rows["zeta"]["status"] == "loaded"
+    assert rows["zeta"]["dropped"] == [{"kind": "backbone", "name": "dup", "kept_by": "alpha"}]
+    assert rows["alpha"]["dropped"] == []
+
+
+def test_name_clash_in_strict_mode_is_an_error(monkeypatch):
+    monkeypatch.setenv("COVIDZOO_STRICT_PLUGINS", "1")
+    pm = get_plugin_manager()
+    for plugin, name in clash_pair():
+        pm.register(plugin, name=name)
+    with pytest.raises(PluginError, match="backbone 'dup' is registered by both plugin 'alpha'"
+                                          " and plugin 'zeta'"):
+        covidzoo.list_models()
+
+
+def test_plugins_lists_failed_and_skipped_plugins_and_lost_names(monkeypatch, runner):
+    from covidzoo.cli import cli
+
+    with_broken_entry_point(monkeypatch)
+    get_plugin_manager()  # loads entry points: 'broken' fails
+    get_plugin_manager().register(Clashing(), name="clashing")
+    result = runner.invoke(cli, ["plugins", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert {"name", "version", "builtin", "hooks"} <= set(rows["example"])
+    assert rows["example"]["status"] == "loaded" and rows["example"]["reason"] is None
+    assert rows["example"]["package"] == "covidzoo-example"
+    assert rows["covidzoo.backbones"]["package"] == "covidzoo"
+    assert rows["broken"]["status"] == "failed"
+    assert rows["broken"]["reason"].startswith("ModuleNotFoundError: No module named")
+    assert rows["clashing"]["dropped"] == [
+        {"kind": "optimizer", "name": "adam", "kept_by": "covidzoo.optimizers"}]
+    table = runner.invoke(cli, ["plugins"]).stdout
+    assert "failed" in table
+    assert "\nbroken failed: ModuleNotFoundError: No module named" in table
+    assert ("\nclashing lost optimizer 'adam' to plugin 'covidzoo.optimizers' (name clash)\n"
+            in table)
+
+
+def test_plugins_lists_plugins_skipped_by_the_allow_list_and_hook_failures(monkeypatch):
+    monkeypatch.setenv("COVIDZOO_PLUGINS", "monai")
+    get_plugin_manager().register(RaisingHook(), name="raising")
+    rows = {r["name"]: r for r in plugins.plugin_info()}
+    assert rows["example"]["status"] == "skipped"
+    assert rows["example"]["reason"] == "not named in COVIDZOO_PLUGINS"
+    assert rows["example"]["version"] == "0.1.0"
+    assert rows["monai"]["status"] == "loaded"
+    assert rows["raising"]["status"] == "failed"
+    assert rows["raising"]["reason"] == "RuntimeError: boom"
+    assert rows["raising"]["hooks"] == ["register_backbones", "register_optimizers"]
+
+
+def test_allow_list_name_of_no_installed_plugin_warns(monkeypatch, runner):
+    from covidzoo.cli import cli
+
+    monkeypatch.setenv("COVIDZOO_PLUGINS", "example,exampel")
+    result = runner.invoke(cli, ["models", "--json"])
+    assert result.exit_code == 0
+    assert ("COVIDZOO_PLUGINS names 'exampel', which matches no installed plugin"
+            in result.stderr)
+    assert "tiny3d" in result.stdout
+    monkeypatch.setenv("COVIDZOO_STRICT_PLUGINS", "1")
+    plugins.reset()
+    result = runner.invoke(cli, ["models"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "Error: COVIDZOO_PLUGINS names 'exampel'")
+
+
+def test_provenance_of_builtin_installed_and_run_time_plugins():
+    assert plugins.provenance(covidzoo.get_component("adam", "optimizer")) == {
+        "plugin": "covidzoo.optimizers", "package": "covidzoo", "version": covidzoo.__version__}
+    assert plugins.provenance(covidzoo.get_component("tiny3d")) == {
+        "plugin": "example", "package": "covidzoo-example", "version": "0.1.0"}
+    with registered(Everything(), "everything"):
+        assert plugins.provenance(covidzoo.get_component("hook-backbone")) == {
+            "plugin": "everything", "package": None, "version": None}
 
 
 def test_allow_list_empty_loads_no_entry_point(monkeypatch):
@@ -232,3 +364,33 @@ def test_loading_is_idempotent():
     assert get_plugin_manager() is first
     plugins._load_entry_points(first)
     assert sorted(n for n, _ in first.list_name_plugin()) == names
+
+
+def test_register_protocol_types_the_hooks_and_the_callback():
+    import inspect
+
+    from covidzoo import hookspecs
+    from covidzoo.registry import Registry
+
+    for hook in ("register_backbones", "register_aggregators", "register_ensemblers",
+                 "register_optimizers"):
+        annotation = inspect.signature(getattr(hookspecs, hook)).parameters["register"]
+        assert annotation.annotation in ("Register", hookspecs.Register), hook
+    register = Registry().registrar("backbone", "p", [])
+    assert isinstance(register, hookspecs.Register)
+    params = inspect.signature(hookspecs.Register.__call__).parameters
+    assert params["summary"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert params["metadata"].kind is inspect.Parameter.VAR_KEYWORD
+
+
+@pytest.mark.parametrize(
+    ("hook", "words"),
+    [("register_backbones", ["complexity(input_size)", "conv_bn_pairs", "options"]),
+     ("register_ensemblers", ["method", "to_dict()", "from_dict(data)"]),
+     ("register_optimizers", ["_step_supports_amp_scaling", "grad_scale", "found_inf"])],
+)
+def test_hookspecs_document_the_protocols_the_core_uses(hook, words):
+    from covidzoo import hookspecs
+
+    doc = getattr(hookspecs, hook).__doc__
+    assert all(word in doc for word in words), [w for w in words if w not in doc]

@@ -13,28 +13,10 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import BadInputError
+from ..values import parse_int_list
 
 F = TypeVar("F", bound=Callable[..., Any])
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
-
-
-def parse_positive_int(flag: str, text: str) -> int:
-    """One positive integer; anything else is bad input naming `flag`."""
-    try:
-        value = int(text.strip())
-    except ValueError:
-        raise BadInputError(f"{flag}: '{text}' is not an integer") from None
-    if value <= 0:
-        raise BadInputError(f"{flag}: {value} must be positive")
-    return value
-
-
-def parse_int_list(flag: str, text: str) -> list[int]:
-    """`"2,6,12,4"` -> `[2, 6, 12, 4]`; empty items, non-integers and values <= 0 are refused."""
-    items = text.split(",")
-    if any(not item.strip() for item in items):
-        raise BadInputError(f"{flag}: '{text}' has an empty item; give integers like 2,6,12,4")
-    return [parse_positive_int(flag, item) for item in items]
 
 
 SIZE_NAMES = {3: "D,H,W", 2: "H,W"}

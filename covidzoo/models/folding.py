@@ -5,7 +5,9 @@ feeds it is exact (up to float rounding) and removes a memory-bound pass over ev
 
 Which convolution feeds which BatchNorm is declared, not guessed: a module lists its pairs in a
 `conv_bn_pairs` attribute (covidzoo's `ConvNormAct3d` does), known timm blocks are listed in
-`KNOWN_PAIRS`, and in an `nn.Sequential` a BatchNorm right after a conv is folded.
+`KNOWN_PAIRS`, and in an `nn.Sequential` a BatchNorm right after a conv is folded. A declared
+name may be a dotted path from the declaring module (`("block.conv", "block.bn")`), for a block
+whose forward computes `bn(conv(x))` across its own submodules.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = nn.modules.batchnorm._BatchNorm
 
-# Class name -> (conv attribute, bn attribute) pairs used as bn(conv(x)) in its forward.
+# Class name -> (conv attribute, bn attribute) pairs used as bn(conv(x)) in its forward. Names
+# may be dotted paths to submodules, as in `conv_bn_pairs`.
 KNOWN_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
     "timm.models.resnet.BasicBlock": (("conv1", "bn1"), ("conv2", "bn2")),
     "timm.models.resnet.Bottleneck": (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")),
@@ -39,11 +42,21 @@ def _pairs_of(module: nn.Module) -> tuple[tuple[str, str], ...]:
     return KNOWN_PAIRS.get(f"{cls.__module__}.{cls.__qualname__}", ())
 
 
-def _fold_into(module: nn.Module, conv_name: str, bn_name: str) -> None:
-    conv, bn = getattr(module, conv_name), getattr(module, bn_name)
+def _parent(module: nn.Module, path: str) -> tuple[nn.Module, str]:
+    """The module that holds the submodule at dotted `path` below `module`, and its name."""
+    parent_path, _, name = path.rpartition(".")
+    return (module.get_submodule(parent_path) if parent_path else module), name
+
+
+def _fold_into(module: nn.Module, conv_path: str, bn_path: str) -> None:
+    """Fold the BatchNorm at `bn_path` into the conv at `conv_path` (attribute names or dotted
+    paths below `module`); anything but a conv and a BatchNorm with running stats is left."""
+    (conv_parent, conv_name), (bn_parent, bn_name) = _parent(module, conv_path), _parent(
+        module, bn_path)
+    conv, bn = getattr(conv_parent, conv_name), getattr(bn_parent, bn_name)
     if isinstance(conv, _CONV) and isinstance(bn, _BN) and bn.track_running_stats:
-        setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
-        setattr(module, bn_name, nn.Identity())
+        setattr(conv_parent, conv_name, fuse_conv_bn_eval(conv, bn))
+        setattr(bn_parent, bn_name, nn.Identity())
 
 
 def _fold(module: nn.Module) -> None:
