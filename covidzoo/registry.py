@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
-from . import values
 from .errors import BadInputError, CovidzooError, UnknownComponentError, one_line
+from .values import parse_float, parse_int_list, parse_names, parse_positive_int
 
 Kind = Literal["backbone", "aggregator", "ensembler", "optimizer"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
@@ -47,11 +47,11 @@ OPTION_TYPES: dict[str, str] = {
 }
 _METAVARS = {"int": "INT", "ints": "INTS", "float": "FLOAT", "str": "TEXT", "strs": "NAMES"}
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "int": values.parse_positive_int,
-    "ints": values.parse_int_list,
-    "float": values.parse_float,
+    "int": parse_positive_int,
+    "ints": parse_int_list,
+    "float": parse_float,
     "str": lambda flag, text: text,
-    "strs": values.parse_names,
+    "strs": parse_names,
 }
 
 

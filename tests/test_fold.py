@@ -23,9 +23,10 @@ def trained_stats(model: nn.Module, x: torch.Tensor) -> nn.Module:
         ("regnet3d", "volume", (2, 1, 16, 32, 32), {"depths": [1, 1, 1, 1],
                                                    "zero_init_last": False}, 0),
         ("tiny3d", "flip-mean", (2, 1, 16, 32, 32), {}, 0),
-        # densenet's BatchNorms come before their convs (pre-activation): they stay.
+        # densenet's BatchNorms come before their convs (pre-activation), and its stem's
+        # norm0 is timm's BatchNormAct2d (a ReLU inside): they stay.
         ("resdense2d", "slice-mean", (1, 1, 3, 64, 64), {"backbones": "resnet18,densenet121"},
-         120),
+         121),
     ],
 )
 def test_folding_is_exact_and_removes_the_batchnorms(name, aggregator, shape, kwargs, left):
@@ -82,3 +83,15 @@ def test_a_dotted_pair_that_names_no_module_is_an_error():
     model.conv_bn_pairs = (("block.conv", "block.norm"),)
     with pytest.raises(AttributeError, match="norm"):
         fold_batchnorm(model)
+
+
+def test_a_batchnorm_with_an_activation_inside_is_not_folded():
+    """timm's BatchNormAct2d normalises, then applies a ReLU: folding it into the conv before it
+    would drop the ReLU (densenet121's stem, conv0 -> norm0)."""
+    from timm.layers import BatchNormAct2d
+
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), BatchNormAct2d(4))
+    x = torch.randn(2, 1, 8, 8)
+    folded = fold_batchnorm(trained_stats(model, x))
+    assert isinstance(folded[1], BatchNormAct2d)
+    assert max_fold_error(model, folded, x) == 0

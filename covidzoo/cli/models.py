@@ -63,7 +63,7 @@ def show(
     """Show component NAME: a backbone's per-stage complexity, else its metadata.
 
     Backbones with a `complexity()` method get a table of every stage (depth, widths, groups,
-    output shape, parameters, FLOPs) for one volume of --input-size; architecture options
+    output shape, parameters, FLOPs) for one input of --input-size; architecture options
     (--depths, --w0, ...) change the model shown, and any width adjustment is reported.
     """
     from ..factory import get_component, list_components
@@ -118,7 +118,8 @@ def show(
     rows.append(("total", "", "", "", "", "", _human(report["params"]), _human(report["flops"])))
     shape = "x".join(str(s) for s in report["input_size"])
     print_table(
-        f"{component.name}, one volume {shape} (FLOPs: 2 per multiply-add)",
+        f"{component.name}, one {'volume' if component.metadata['spatial_dims'] == 3 else 'slice'} "
+        f"{shape} (FLOPs: 2 per multiply-add)",
         ["stage", "depth", "width", "bottleneck width", "groups", "output shape", "params",
          "FLOPs"],
         rows,

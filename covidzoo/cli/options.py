@@ -142,21 +142,22 @@ class DefaultGroup(click.Group):
 # --- options declared by backbones -------------------------------------------------------------
 
 
-def declared_options() -> dict[str, tuple[Any, list[str]]]:
-    """Every option the registered backbones declare, by flag: `(option, backbone names)`.
-
-    A flag declared by several backbones with the same parameter and type is one option; one
-    declared differently by a later backbone (built-ins come first) is left out for it.
-    """
+def declared_options() -> dict[str, list[Any]]:
+    """Every flag the registered backbones declare, with the backbones that declare it (each
+    backbone's own declaration: two backbones may map one flag to different keywords)."""
     from ..factory import list_components
 
-    found: dict[str, tuple[Any, list[str]]] = {}
+    found: dict[str, list[Any]] = {}
     for component in list_components(kind="backbone"):
         for option in component.metadata.get("options", ()):
-            first = found.setdefault(option.flag, (option, []))
-            if (first[0].param, first[0].type) == (option.param, option.type):
-                first[1].append(component.name)
+            found.setdefault(option.flag, []).append(component.name)
     return found
+
+
+def _param_name(flag: str) -> str:
+    """The click parameter of a declared flag: the flag's own name (`--tiny-widths` ->
+    `tiny_widths`), so that two flags never share a parameter whatever keyword they set."""
+    return flag[2:].replace("-", "_")
 
 
 class BackboneCommand(click.Command):
@@ -164,20 +165,29 @@ class BackboneCommand(click.Command):
     `--depths`, a plugin's own), read from the registry each time the command is parsed.
 
     Its callback receives their values among `**options` (None when not given); pass them to
-    `backbone_kwargs`. A declared flag or parameter that the command itself uses is left out.
+    `backbone_kwargs`. A declared flag that the command itself has is not offered.
     """
 
     def get_params(self, ctx: click.Context) -> list[click.Parameter]:
         params = super().get_params(ctx)
         taken = {name for p in params for name in (p.name, *p.opts)}
         extra = []
-        for flag, (option, names) in declared_options().items():
-            if flag in taken or option.param in taken:
+        for flag, names in declared_options().items():
+            if flag in taken or _param_name(flag) in taken:
                 continue
-            taken |= {flag, option.param}
-            extra.append(click.Option([flag, option.param], metavar=option.metavar,
-                                      help=f"{option.help} ({', '.join(_short(names))})"))
+            taken |= {flag, _param_name(flag)}
+            first = _declaration(names[0], flag)
+            extra.append(click.Option([flag, _param_name(flag)], metavar=first.metavar,
+                                      help=f"{first.help} ({', '.join(_short(names))})"))
         return params[:-1] + extra + params[-1:]  # --help stays last
+
+
+def _declaration(backbone: str, flag: str) -> Any:
+    """The `ComponentOption` of `flag` that `backbone` declares, or None."""
+    from ..factory import get_component
+
+    options = get_component(backbone, "backbone").metadata.get("options", ())
+    return next((o for o in options if o.flag == flag), None)
 
 
 def _short(names: Sequence[str]) -> list[str]:
@@ -187,21 +197,22 @@ def _short(names: Sequence[str]) -> list[str]:
 
 
 def backbone_kwargs(component: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """The factory keywords of the declared options given for `component` (a backbone);
-    options left unset are dropped, so the backbone's own configuration fills them in.
+    """The factory keywords of the declared options given for `component` (a backbone), parsed
+    by its own declaration; options left unset are dropped, so the backbone's own configuration
+    fills them in.
 
     A declared option that `component` does not declare is bad input naming the flag.
     """
-    own = {o.param: o for o in component.metadata.get("options", ())}
+    own = {o.flag: o for o in component.metadata.get("options", ())}
     kwargs: dict[str, Any] = {}
-    for flag, (option, names) in declared_options().items():
-        value = options.get(option.param)
+    for flag, names in declared_options().items():
+        value = options.get(_param_name(flag))
         if value is None:
             continue
-        if option.param not in own or own[option.param].flag != flag:
+        if flag not in own:
             raise BadInputError(
                 f"{flag}: an option of {', '.join(_short(names))}, not of {component.kind} "
                 f"'{component.name}'"
             )
-        kwargs[option.param] = own[option.param].parse(value)
+        kwargs[own[flag].param] = own[flag].parse(value)
     return kwargs

@@ -20,6 +20,9 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = nn.modules.batchnorm._BatchNorm
+# Only plain BatchNorms fold: a subclass may do more in its forward (timm's BatchNormAct2d applies
+# an activation and dropout after normalising), which a folded convolution would drop.
+_PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 # Class name -> (conv attribute, bn attribute) pairs used as bn(conv(x)) in its forward. Names
 # may be dotted paths to submodules, as in `conv_bn_pairs`.
@@ -54,7 +57,7 @@ def _fold_into(module: nn.Module, conv_path: str, bn_path: str) -> None:
     (conv_parent, conv_name), (bn_parent, bn_name) = _parent(module, conv_path), _parent(
         module, bn_path)
     conv, bn = getattr(conv_parent, conv_name), getattr(bn_parent, bn_name)
-    if isinstance(conv, _CONV) and isinstance(bn, _BN) and bn.track_running_stats:
+    if isinstance(conv, _CONV) and type(bn) in _PLAIN_BN and bn.track_running_stats:
         setattr(conv_parent, conv_name, fuse_conv_bn_eval(conv, bn))
         setattr(bn_parent, bn_name, nn.Identity())
 
