@@ -138,7 +138,11 @@ def register_optimizers(register: Register) -> None:
     """Register optimizers for `covidzoo train --optimizer NAME`.
 
     The factory is called as `factory(params, lr=..., weight_decay=..., **kwargs)` and returns
-    a `torch.optim.Optimizer`.
+    a `torch.optim.Optimizer`; `kwargs` are the user's `--optimizer-arg KEY=VALUE` pairs.
+    `params` is a list of parameter groups as torch takes them: `covidzoo train` passes one,
+    `{"params": [...], "param_names": [...]}`, the model's trainable parameters with their
+    `named_parameters` names, so a factory can split it by name, e.g. to exclude norms and
+    biases from weight decay with `covidzoo.optim.param_groups(params, weight_decay)`.
 
     Under `--precision fp16` the loss is scaled by `torch.amp.GradScaler`. An optimizer class
     that sets `_step_supports_amp_scaling = True` takes the scale on the device: the scaler

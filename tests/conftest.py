@@ -1,21 +1,10 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from click.testing import CliRunner
 
-from covidzoo import plugins
-
-
-@pytest.fixture(autouse=True)
-def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every test sees plugins loaded anew under its own environment variables."""
-    monkeypatch.delenv("COVIDZOO_PLUGINS", raising=False)
-    monkeypatch.delenv("COVIDZOO_STRICT_PLUGINS", raising=False)
-    plugins.reset()
-    yield
-    plugins.reset()
+# Every test sees plugins loaded anew under its own environment (autouse).
+from covidzoo.testing import fresh_plugins  # noqa: F401
 
 
 @pytest.fixture

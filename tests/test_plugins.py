@@ -13,6 +13,9 @@ from covidzoo import hookimpl, plugins
 from covidzoo.errors import PluginError
 from covidzoo.plugins import get_plugin_manager
 
+# The installed example plugin (plugins/covidzoo-example), as its distribution says.
+EXAMPLE_VERSION = metadata.version("covidzoo-example")
+
 
 def registered(plugin: object, name: str):
     """Context manager: `plugin` registered under `name`, unregistered in `finally`."""
@@ -79,8 +82,10 @@ def test_example_aggregator_averages_the_mirror():
 
 def test_plugins_command_lists_versions_and_hooks(invoke):
     rows = {r["name"]: r for r in json.loads(invoke("plugins", "--json").output)}
-    assert rows["example"]["version"] == "0.1.0"
-    assert rows["example"]["hooks"] == ["register_aggregators", "register_backbones"]
+    assert rows["example"]["version"] == EXAMPLE_VERSION
+    assert rows["example"]["hooks"] == ["register_aggregators", "register_backbones",
+                                        "register_commands", "register_ensemblers",
+                                        "register_optimizers"]
     assert rows["covidzoo.commands"]["builtin"] is True
     assert rows["covidzoo.commands"]["version"] == covidzoo.__version__
 
@@ -93,8 +98,8 @@ def test_plugins_table(invoke, monkeypatch):
     plugins.reset()
     result = invoke("plugins")
     assert "skipped" in result.output
-    assert "example (covidzoo-example 0.1.0) skipped: not named in COVIDZOO_PLUGINS" in (
-        result.output)
+    skipped = f"example (covidzoo-example {EXAMPLE_VERSION}) skipped"
+    assert f"{skipped}: not named in COVIDZOO_PLUGINS" in result.output
 
 
 # --- one test per hook (tests/test_docs.py checks that each hook has one) ----------------------
@@ -311,7 +316,7 @@ def test_plugins_lists_plugins_skipped_by_the_allow_list_and_hook_failures(monke
     rows = {r["name"]: r for r in plugins.plugin_info()}
     assert rows["example"]["status"] == "skipped"
     assert rows["example"]["reason"] == "not named in COVIDZOO_PLUGINS"
-    assert rows["example"]["version"] == "0.1.0"
+    assert rows["example"]["version"] == EXAMPLE_VERSION
     assert rows["monai"]["status"] == "loaded"
     assert rows["raising"]["status"] == "failed"
     assert rows["raising"]["reason"] == "RuntimeError: boom"
@@ -339,7 +344,7 @@ def test_provenance_of_builtin_installed_and_run_time_plugins():
     assert plugins.provenance(covidzoo.get_component("adam", "optimizer")) == {
         "plugin": "covidzoo.optimizers", "package": "covidzoo", "version": covidzoo.__version__}
     assert plugins.provenance(covidzoo.get_component("tiny3d")) == {
-        "plugin": "example", "package": "covidzoo-example", "version": "0.1.0"}
+        "plugin": "example", "package": "covidzoo-example", "version": EXAMPLE_VERSION}
     with registered(Everything(), "everything"):
         assert plugins.provenance(covidzoo.get_component("hook-backbone")) == {
             "plugin": "everything", "package": None, "version": None}

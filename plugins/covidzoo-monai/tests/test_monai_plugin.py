@@ -1,9 +1,11 @@
 """covidzoo-monai, installed: listing, the model API, composition, precision, checkpoints, and the
 behaviour without MONAI.
 
-covidzoo's own smoke test (`tests/test_backbones.py`) already runs forward and backward on every
-installed backbone at its default configuration; the tests here build narrow variants (fewer
-features, `widen_factor`) where the width does not matter, to stay fast on a 2-core CPU.
+Every backbone goes through covidzoo's conformance kit (`covidzoo.testing`): metadata, forward
+and backward, custom `num_classes`, timm's model API, the checkpoint round trip and BatchNorm
+folding. covidzoo's own smoke test (`tests/test_backbones.py`) already runs forward and backward
+on every installed backbone at its default configuration; the tests here build narrow variants
+(fewer features, `widen_factor`) where the width does not matter, to stay fast on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from importlib import metadata
 
 import pytest
@@ -23,6 +26,7 @@ from covidzoo import plugins
 from covidzoo.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from covidzoo.cli import cli
 from covidzoo.errors import BadInputError
+from covidzoo.testing import backbone_conformance
 
 NAMES = ["monai-densenet121", "monai-resnet18", "monai-resnet50", "monai-seresnet50"]
 # Narrow variants for the tests that are about plumbing, not about the default widths.
@@ -32,6 +36,9 @@ NARROW = {
     "monai-resnet50": {"widen_factor": 0.25},
     "monai-seresnet50": {},
 }
+
+# The conformance kit on every backbone of the plugin, in the narrow variants.
+test_conformance = backbone_conformance(plugin="monai", model_args=NARROW, require_timm_api=True)
 
 
 @pytest.fixture(autouse=True)
@@ -145,7 +152,10 @@ def test_checkpoint_round_trip_rebuilds_through_the_plugin(tmp_path):
     model = spec.build().eval()
     path = save_checkpoint(tmp_path / "model.safetensors", model, spec)
     loaded, loaded_spec = load_checkpoint(path)
-    assert loaded_spec == spec
+    # The checkpoint records where the backbone came from: this plugin and its package.
+    assert loaded_spec.provenance["backbone"]["plugin"] == "monai"
+    assert loaded_spec.provenance["backbone"]["package"] == "covidzoo-monai"
+    assert replace(loaded_spec, provenance={}) == spec
     loaded.eval()
     x = tiny("monai-seresnet50", batch=1)
     with torch.no_grad():
