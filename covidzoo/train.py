@@ -125,11 +125,8 @@ def create_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     group = {"params": [p for _, p in named], "param_names": [n for n, _ in named]}
-    try:
-        return get_component(name, "optimizer").create(
-            params=[group], lr=lr, weight_decay=weight_decay, **kwargs)
-    except TypeError as exc:
-        raise BadInputError(f"--optimizer-arg for '{name}': {exc}") from exc
+    return get_component(name, "optimizer").create(params=[group], lr=lr,
+                                                   weight_decay=weight_decay, **kwargs)
 
 
 @dataclass

@@ -92,6 +92,9 @@ def test_auto_and_baseline_rows(invoke):
         (("regnet3d", "--device", "tpu0"), "--device tpu0: choose cuda or cpu"),
         (("regnet3d", "--device", "cpu", "--iters", "0"), "--iters must be at least 1"),
         (("resdense2d", "--input-size", "16,16", "--device", "cpu"), "too small"),
+        (("regnet3d", "--device", "cpu", "--aggregator-arg", "k=2"), "aggregator 'volume': "),
+        (("regnet3d", "--device", "cpu", "--backbones", "a,b"), "an option of resdense2d"),
+        (("regnet3d", "--device", "cpu", "--depths", "1,x"), "--depths: 'x' is not an integer"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(invoke, args, message):
@@ -292,3 +295,14 @@ def test_gpu_driver_lists_its_groups_and_rejects_unknown_ones(capsys, monkeypatc
     [fp32, auto] = run_gpu.configs(run_gpu.AUTO_GROUPS["auto-regnet3d-train-small"], "cuda")
     assert (fp32.precision, auto.precision, auto.batch_size, auto.input_size) == (
         "fp32", "auto", 4, (64, 224, 224))
+
+
+def test_declared_backbone_options_reach_the_model(invoke):
+    """regnet3d's own flags (declared at registration) work in bench as in train."""
+    result = invoke("bench", "regnet3d", "--depths", "1,1", "--widths", "8,16", "--stem-width",
+                    "8", "--input-size", "16,32,32", "--mode", "infer", "--precision", "fp32",
+                    "--no-baseline", "--iters", "1", "--warmup", "0", "--device", "cpu",
+                    "--json", "-")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["model_args"] == {"depths": [1, 1], "widths": [8, 16], "stem_width": 8}

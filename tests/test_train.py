@@ -175,9 +175,14 @@ def test_cli_train_json_summary_and_bad_flags(dataset, tmp_path, invoke, runner)
     result = invoke("train", "regnet3d", "--depths", "1,1,1,1", "--widths", "8,16,16,32",
                     "--stem-width", "8", "--data", str(dataset), "--size", "16,32,32",
                     "--epochs", "1", "--batch-size", "3", "--device", "cpu", "--out", str(run),
-                    "--json")
+                    "--optimizer", "sgd", "--optimizer-arg", "momentum=0.5", "--json")
     summary = json.loads(result.output)
     assert summary["out"] == str(run) and summary["epochs_run"] == 1
+    assert json.loads((run / "config.json").read_text())["optimizer_args"] == {"momentum": 0.5}
+    from covidzoo.checkpoint import load_state
+
+    state = load_state(run / "last.safetensors")["optimizer"]
+    assert [g["momentum"] for g in state["param_groups"]] == [0.5]
     for args, message in [
         (["--size", "16,32"], "--size takes D,H,W, got '16,32'"),
         (["--size", "16,0,32"], "--size: 0 must be positive"),
@@ -185,6 +190,10 @@ def test_cli_train_json_summary_and_bad_flags(dataset, tmp_path, invoke, runner)
         (["--backbones", "resnet18,densenet121"],
          "--backbones: an option of resdense2d, not of backbone 'regnet3d'"),
         (["--model-arg", "oops"], "--model-arg takes KEY=VALUE, got 'oops'"),
+        (["--optimizer-arg", "bogus=1", "--size", "16,32,32", "--depths", "1,1,1,1"],
+         "optimizer 'adamw': "),
+        (["--aggregator-arg", "k=3", "--size", "16,32,32", "--depths", "1,1,1,1"],
+         "aggregator 'volume': "),
     ]:
         bad = runner.invoke(cli, ["train", "regnet3d", "--data", str(dataset), *args])
         assert bad.exit_code == 2, bad.output
