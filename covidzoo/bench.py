@@ -42,12 +42,10 @@ from typing import Any
 
 from ._version import __version__
 from .errors import BadInputError, CovidzooError, one_line
-from .factory import DEFAULT_SLICES, default_scan_size, get_component
+from .factory import DEFAULT_SLICES, check_scan_size, default_scan_size, get_component
 
 MODES = ("infer", "train")
 DEFAULT_BATCH = {"infer": 32, "train": 4}
-# The side of the (meta-device) probe that measures how much a backbone reduces its input.
-PROBE_SIDE = 1024
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 RESULTS_KIND = "covidzoo-bench"
 
@@ -73,7 +71,7 @@ class BenchConfig:
     aggregator_args: dict[str, Any] = field(default_factory=dict)
     e2e_cache: str | None = None  # training only: also time steps fed from this cache
     workers: int | None = None  # loader workers of --e2e; None: runtime.default_workers
-    threads: int | None = None  # torch's intra-op CPU threads (None: torch's default)
+    threads: int | None = None  # torch's intra-op CPU threads (None: as this process has them)
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -139,41 +137,6 @@ def channels(cfg: BenchConfig) -> int:
     return int(cfg.model_args.get("in_chans", 1))
 
 
-def check_input_size(cfg: BenchConfig) -> None:
-    """Raise `BadInputError` when the scan is too small for the model.
-
-    Too small means smaller, in some dimension, than the backbone's total reduction (measured
-    from `forward_features` on a large input): its last strided stage would then see padding
-    only. Both the measurement and a forward pass at the scan's size run on the meta device,
-    which computes shapes and nothing else, so this is cheap for any model.
-    """
-    import torch
-
-    size = scan_size(cfg)
-    dims = _component(cfg.model).metadata["spatial_dims"]
-    with torch.device("meta"):
-        model = build_model(cfg).eval()
-    spatial = size if dims == 3 else size[1:]
-    backbone = getattr(model, "backbone", model)
-    if hasattr(backbone, "forward_features"):
-        probe = torch.empty(1, channels(cfg), *([PROBE_SIDE] * dims), device="meta")
-        features = backbone.forward_features(probe)
-        reduction = [PROBE_SIDE // max(s, 1) for s in features.shape[2:]]
-        if any(s < r for s, r in zip(spatial, reduction, strict=True)):
-            raise BadInputError(
-                f"input size {_fmt(size)} is too small for '{cfg.model}': it reduces "
-                f"{_fmt(reduction)}, so each of {'D,H,W' if dims == 3 else 'H,W'} must be at "
-                f"least that"
-            )
-    try:
-        with torch.no_grad():
-            model(torch.empty(1, channels(cfg), *size, device="meta"))
-    except RuntimeError as exc:
-        reason = one_line(exc, with_type=False)
-        message = f"input size {_fmt(size)} does not fit '{cfg.model}': {reason}"
-        raise BadInputError(message) from exc
-
-
 def check(cfg: BenchConfig) -> None:
     """Everything that makes a configuration bad input, checked before any measurement."""
 
@@ -199,7 +162,7 @@ def check(cfg: BenchConfig) -> None:
                 f"--cache {cfg.e2e_cache}: not a prepared cache (no index.json); build one "
                 "with 'covidzoo data prepare'"
             )
-    check_input_size(cfg)
+    check_scan_size(cfg.model, scan_size(cfg), cfg.model_args, "auto", cfg.aggregator_args)
 
 
 # --- measurement -----------------------------------------------------------------------------

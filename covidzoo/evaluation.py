@@ -131,18 +131,26 @@ class EvalReport:
     notes: list[str] = field(default_factory=list)
 
     def save_roc(self, path: PathLike) -> Path | None:
-        """The ROC curve as a PNG, with the operating point; None (and a note) when the AUC is
-        undefined on these scans."""
+        """The ROC curve as a PNG: the scan counts, the AUC, the operating point of the
+        threshold and, when the metrics were bootstrapped, the pointwise confidence band and AUC
+        interval of the same resamples (same `n_boot`, seed and level). None (and a note) when
+        the AUC is undefined on these scans."""
         from .plots import Curve, save_roc_png
 
         if self.metrics["auc"] is None:
             self.notes.append(f"no ROC plot: {self.metrics['undefined']['auc']}")
             return None
         name = self.model.name
-        fpr = 1 - (self.metrics["specificity"] or 0.0)
-        return save_roc_png(path, [Curve.from_scores(name, self.labels, self.probs, True)],
-                            operating_point=(fpr, self.metrics["sensitivity"] or 0.0),
-                            title=f"{name} on {self.split}: AUC {self.metrics['auc']:.3f}")
+        boot = self.metrics.get("bootstrap") or {}
+        curve = Curve.from_scores(name, self.labels, self.probs, True,
+                                  n_boot=boot.get("n_boot", 0), seed=boot.get("seed", 0),
+                                  level=boot.get("level", 0.95))
+        sens, spec = self.metrics["sensitivity"] or 0.0, self.metrics["specificity"] or 0.0
+        chosen = self.threshold
+        return save_roc_png(path, [curve], operating_point=(1 - spec, sens),
+                            title=f"{name} on {self.split}",
+                            operating_label=f"threshold {chosen.value:.3g} ({chosen.source}): "
+                                            f"sensitivity {sens:.2f}, specificity {spec:.2f}")
 
     def save_predictions(self, path: PathLike) -> None:
         """path,label,probability,predicted per scan, as CSV."""
@@ -184,12 +192,14 @@ def evaluate(
     model: PathLike, *, data: PathLike | None = None, manifest: PathLike | None = None,
     split: str = "val", threshold: str = "checkpoint", bootstrap: int = 0, seed: int = 0,
     device: str | None = None, precision: str = "auto", batch_size: int = 8,
-    workers: int | None = None, progress: bool = False,
+    workers: int | None = None, progress: bool = False, cache: PathLike | None = None,
 ) -> EvalReport:
     """Metrics of a checkpoint or ensemble file on the labelled scans of `split`.
 
     The threshold (`resolve_threshold`) is by default the one stored with the model, chosen on
     validation data; `"youden"` takes the Youden point of the evaluated scans (optimistic).
+    `cache`, a cache made by `covidzoo data prepare`, replaces `data`/`manifest` when it was
+    prepared as the model's checkpoint records (`load_eval_data`).
     """
     from .metrics import binary_report
 
@@ -198,14 +208,15 @@ def evaluate(
     target = resolve_device(device)
     workers = resolve_workers(workers, target)
     predictor = load_predictor(model, target, precision)
-    scans = load_eval_data(predictor.members, data, manifest, [split], workers, progress)
+    scans = load_eval_data(predictor.members, data, manifest, [split], workers, progress,
+                           cache=cache)
     rows = scans.indices(split)
     unlabelled = len(scans.indices(split, labelled=False)) - len(rows)
     if not len(rows):
         raise BadInputError(f"no labelled scans in split '{split}' of {scans.source}; "
                             "`covidzoo predict` scores unlabelled scans")
     probs_by_member, inference_s = member_probs(predictor.members, scans, rows, batch_size,
-                                                workers)
+                                                workers, progress)
     probs, labels = predictor.fuse(probs_by_member), scans.labels[rows]
     chosen = resolve_threshold(threshold, predictor, labels, probs)
     metrics = binary_report(labels, probs, chosen.value, n_boot=bootstrap, seed=seed)
@@ -217,13 +228,133 @@ def evaluate(
 # --- ensemble ----------------------------------------------------------------------------------
 
 
+# The figures of `ensemble`: scored by an ensembler that never saw the scan, the same
+# cross-fitted over folds of the fit split, or in-sample (fit and scored on the same scans).
+ESTIMATES = ("held-out", "cross-fitted", "in-sample")
+DEFAULT_FOLDS = 5
+# The split on which `covidzoo train` chooses each run's best epoch and stored threshold.
+SELECTION_SPLIT = "val"
+
+
+def member_names(paths: Sequence[PathLike]) -> list[str]:
+    """What reports call ensemble members: each checkpoint's run folder (the parent folder of
+    `best.safetensors`). Where two folders share a name, enough of the folders above are
+    added to tell them apart (`x/run`, `y/run`); two files of one folder get their stems
+    (`run/best`, `run/last`); the same file twice gets `#2`."""
+    from collections import Counter, defaultdict
+
+    folders = [Path(p).resolve().parent for p in paths]
+    depth = [1] * len(folders)
+
+    def name(i: int) -> str:
+        return "/".join(folders[i].parts[-depth[i]:])
+
+    grown = True
+    while grown:
+        grown = False
+        groups: dict[str, list[int]] = defaultdict(list)
+        for i in range(len(folders)):
+            groups[name(i)].append(i)
+        for group in groups.values():
+            if len({folders[i] for i in group}) > 1:
+                for i in group:
+                    if depth[i] < len(folders[i].parts):
+                        depth[i] += 1
+                        grown = True
+    names = [name(i) for i in range(len(folders))]
+    stems = [Path(p).stem for p in paths]
+    stems_of: dict[str, set[str]] = defaultdict(set)
+    for n, stem in zip(names, stems, strict=True):
+        stems_of[n].add(stem)
+    names = [f"{n}/{stem}" if len(stems_of[n]) > 1 else n
+             for n, stem in zip(names, stems, strict=True)]
+    seen: Counter[str] = Counter()
+    unique = []
+    for n in names:
+        seen[n] += 1
+        unique.append(n if seen[n] == 1 else f"{n}#{seen[n]}")
+    return unique
+
+
+def default_ensemble_split(data: PathLike | None, manifest: PathLike | None,
+                           fit_split: str) -> str:
+    """The split `ensemble` reports on when none is given: "test" when the data has labelled
+    test scans and the fit split is another one (held out), else the fit split itself
+    (cross-fitted)."""
+    from .data.sources import data_source
+
+    if fit_split in ("test", "all"):
+        return fit_split
+    records = data_source(data, manifest).records()
+    return ("test" if any(r.split == "test" and r.label is not None for r in records)
+            else fit_split)
+
+
+def report_at(labels: NDArray[np.int64], probs: NDArray[np.float64],
+              thresholds: NDArray[np.float64]) -> dict[str, Any]:
+    """`binary_report` with one threshold per scan (cross-fitting gives each fold its own).
+
+    With a single threshold it is `binary_report` itself. Otherwise the threshold metrics come
+    from each scan's own decision (`prob >= its threshold`), the AUC from the probabilities;
+    `threshold` is None and `thresholds` lists the distinct ones.
+    """
+    from .metrics import binary_report, roc_auc
+
+    distinct = np.unique(thresholds)
+    if len(distinct) == 1:
+        return binary_report(labels, probs, float(distinct[0]))
+    report = binary_report(labels, (probs >= thresholds).astype(np.float64), 0.5)
+    report.update(auc=roc_auc(labels, probs), threshold=None, thresholds=distinct.tolist())
+    return report
+
+
+@dataclass
+class CrossFit:
+    """Out-of-fold scores of the fit split: each scan scored by an ensembler and Youden
+    thresholds fit on the other folds."""
+
+    fused: NDArray[np.float64]
+    thresholds: NDArray[np.float64]  # the fusion's threshold of each scan's fold
+    member_thresholds: NDArray[np.float64]  # n_scans x n_members
+    fold_thresholds: list[float]
+
+
+def cross_fit(method: str, probs: NDArray[np.float64], labels: NDArray[np.int64], folds: int,
+              seed: int) -> CrossFit:
+    """Cross-fit the ensembler `method` over `folds` stratified folds (shuffled by `seed`)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from .ensemble import create_ensembler
+    from .metrics import youden_threshold
+
+    fused, thresholds = np.empty(len(labels)), np.empty(len(labels))
+    member_thresholds, fold_thresholds = np.empty_like(probs), []
+    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    for fit, held in splitter.split(probs, labels):
+        ensembler = create_ensembler(method).fit(probs[fit], labels[fit])
+        threshold = youden_threshold(labels[fit], ensembler.predict(probs[fit]))
+        fused[held], thresholds[held] = ensembler.predict(probs[held]), threshold
+        member_thresholds[held] = [youden_threshold(labels[fit], probs[fit, k])
+                                   for k in range(probs.shape[1])]
+        fold_thresholds.append(float(threshold))
+    return CrossFit(fused, thresholds, member_thresholds, fold_thresholds)
+
+
 @dataclass
 class EnsembleReport:
-    """A fitted ensemble: the ensembler and its Youden threshold (both fit on `fit_split`),
-    and the metrics of every member and of the fusion on `split`."""
+    """A fitted ensemble and an honest report of it.
+
+    `ensembler` and `threshold` are fit on all of `fit_split` (what `save` writes). The figures
+    on `split` (`member_reports`, `fusion`, `fused`) are `estimate`: "held-out" (no evaluated
+    scan is in the fit split), "cross-fitted" (evaluated scans of the fit split are scored by
+    ensemblers and thresholds fit on the other `folds`; `fold_thresholds`) or "in-sample" (too
+    few scans to cross-fit: optimistic). `selection_biased`: the evaluated scans include the
+    split on which `covidzoo train` chose the members' epochs and thresholds.
+    """
 
     method: str
     checkpoints: list[Path]
+    names: list[str]
     members: list[Member]
     ensembler: Any
     threshold: float
@@ -235,29 +366,54 @@ class EnsembleReport:
     fused: NDArray[np.float64]
     member_reports: list[dict[str, Any]]
     fusion: dict[str, Any]
-    optimistic: bool
+    estimate: str
+    folds: int | None
+    seed: int
+    fold_thresholds: list[float]
+    selection_biased: bool
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def optimistic(self) -> bool:
+        """Whether the fusion's figures are in-sample."""
+        return self.estimate == "in-sample"
+
+    @property
+    def weights(self) -> list[float] | None:
+        """The members' weights when the ensembler has any (`weighted`), else None."""
+        weights = getattr(self.ensembler, "weights", None)
+        return None if weights is None else [float(w) for w in weights]
 
     def save(self, path: PathLike) -> Path:
         """The ensemble file that `predict` and `evaluate` read."""
         return write_ensemble_file(path, self.checkpoints, self.ensembler, self.threshold)
 
     def save_roc(self, path: PathLike) -> Path | None:
-        """Members' ROC curves in grey, the fusion's in red; None (and a note) when the
-        fusion's AUC is undefined on these scans."""
+        """Each member's ROC curve in its own colour, AUC in the legend (best first), the
+        fusion's thick and black with its operating point, the scan counts under the title;
+        None (and a note) when the fusion's AUC is undefined on these scans."""
         from .plots import Curve, save_roc_png
 
         if self.fusion["auc"] is None:
             self.notes.append(f"no ROC plot: {self.fusion['undefined']['auc']}")
             return None
-        curves = [Curve.from_scores(p.name, self.labels, self.probs[:, k])
-                  for k, p in enumerate(self.checkpoints)]
-        curves.append(Curve.from_scores(f"{self.method} fusion", self.labels, self.fused,
-                                        highlight=True))
-        point = (1 - (self.fusion["specificity"] or 0.0), self.fusion["sensitivity"] or 0.0)
-        return save_roc_png(path, curves, operating_point=point,
-                            title=f"{self.method} fusion on {self.split}: AUC "
-                                  f"{self.fusion['auc']:.3f}")
+        curves = [Curve.from_scores(name, self.labels, self.probs[:, k])
+                  for k, name in enumerate(self.names)]
+        curves.append(Curve.from_scores(f"{self.method} fusion ({self.estimate})", self.labels,
+                                        self.fused, highlight=True))
+        sens, spec = self.fusion["sensitivity"] or 0.0, self.fusion["specificity"] or 0.0
+        fit = (f"fit on '{self.fit_split}', the scans shown: the fusion's AUC is optimistic"
+               if self.optimistic else f"fit on '{self.fit_split}', {self.estimate}"
+               + (f" over {self.folds} folds" if self.estimate == "cross-fitted" else ""))
+        return save_roc_png(path, curves, operating_point=(1 - spec, sens),
+                            title=f"{self.method} fusion of {len(self.checkpoints)} models on "
+                                  f"{self.split}", notes=[fit],
+                            operating_label=f"fusion threshold {self._threshold_text()}: "
+                                            f"sensitivity {sens:.2f}, specificity {spec:.2f}")
+
+    def _threshold_text(self) -> str:
+        threshold = self.fusion["threshold"]
+        return "per fold" if threshold is None else f"{threshold:.3g}"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -265,12 +421,22 @@ class EnsembleReport:
             "data": self.data.source,
             "fit_split": self.fit_split,
             "split": self.split,
-            "optimistic": self.optimistic,
+            "estimate": self.estimate,
+            "in_sample": self.optimistic,
+            "folds": self.folds,
+            "seed": self.seed,
             "threshold": self.threshold,
+            "fold_thresholds": self.fold_thresholds,
             "ensembler": self.ensembler.to_dict(),
-            "members": [{"path": str(p), **r}
-                        for p, r in zip(self.checkpoints, self.member_reports, strict=True)],
-            "fusion": self.fusion,
+            "weights": self.weights,
+            "members": [
+                {"name": name, "path": str(path),
+                 "weight": None if self.weights is None else self.weights[k],
+                 "selection_biased": self.selection_biased, **report}
+                for k, (name, path, report) in enumerate(
+                    zip(self.names, self.checkpoints, self.member_reports, strict=True))
+            ],
+            "fusion": {**self.fusion, "estimate": self.estimate},
             "failed": [{"source": s, "reason": r} for s, r in self.data.failed],
             "notes": self.notes,
         }
@@ -278,25 +444,37 @@ class EnsembleReport:
 
 def fit_ensemble(
     checkpoints: Sequence[PathLike], *, method: str = "mean", data: PathLike | None = None,
-    manifest: PathLike | None = None, fit_split: str = "val", split: str = "val",
-    device: str | None = None, precision: str = "auto", batch_size: int = 8,
-    workers: int | None = None, progress: bool = False,
+    manifest: PathLike | None = None, fit_split: str = "val", split: str | None = None,
+    folds: int = DEFAULT_FOLDS, seed: int = 0, device: str | None = None,
+    precision: str = "auto", batch_size: int = 8, workers: int | None = None,
+    progress: bool = False,
 ) -> EnsembleReport:
-    """Fit the ensembler `method` and its Youden threshold on `fit_split`; score the members
-    (each at its own Youden point of `fit_split`) and the fusion on `split`. When the two splits
-    overlap, the fusion's metrics are optimistic and a note says so."""
+    """Fit the ensembler `method` and its Youden threshold on all of `fit_split` (what `save`
+    writes), and report the members and the fusion on `split` without grading the ensembler
+    on what it was fit on.
+
+    `split` None (the default) is `default_ensemble_split`: the labelled test split when there
+    is one, else the fit split. Evaluated scans outside the fit split are scored by the
+    ensembler at its threshold (held out). Evaluated scans inside it are cross-fitted: the fit
+    split is cut into `folds` stratified folds (shuffled by `seed`) and each scan is scored by
+    an ensembler and a threshold fit on the other folds; so is each member's threshold. With
+    fewer than two scans of a class in the fit split, they are in-sample, and labelled so.
+    """
     from .ensemble import create_ensembler
-    from .metrics import binary_report, youden_threshold
+    from .metrics import youden_threshold
 
     paths = [Path(p) for p in checkpoints]
     for path in paths:
         if is_ensemble_file(path):
             raise BadInputError(f"{path}: an ensemble file; ensemble members must be checkpoints")
+    if folds < 2:
+        raise BadInputError(f"--folds must be at least 2, got {folds}")
     ensembler = create_ensembler(method)  # an unknown method fails before any work
     target = resolve_device(device)
     workers = resolve_workers(workers, target)
     members = [load_member(p, target, precision) for p in paths]
     check_members(members)
+    split = split or default_ensemble_split(data, manifest, fit_split)
     scans = load_eval_data(members, data, manifest, [fit_split, split], workers, progress)
     fit_rows, rows = scans.indices(fit_split), scans.indices(split)
     fit_labels, labels = scans.labels[fit_rows], scans.labels[rows]
@@ -306,22 +484,62 @@ def fit_ensemble(
                             "ensembler and its Youden threshold need both classes")
     if not len(rows):
         raise BadInputError(f"no labelled scans in split '{split}' of {scans.source}")
-    fit_probs, _ = member_probs(members, scans, fit_rows, batch_size, workers)
-    same_rows = np.array_equal(fit_rows, rows)
-    probs = fit_probs if same_rows else member_probs(members, scans, rows, batch_size,
-                                                     workers)[0]
+    every = np.union1d(fit_rows, rows)  # each scan scored once
+    every_probs, _ = member_probs(members, scans, every, batch_size, workers)
+    fit_probs = every_probs[np.searchsorted(every, fit_rows)]
+    probs = every_probs[np.searchsorted(every, rows)]
     ensembler.fit(fit_probs, fit_labels)
-    threshold = youden_threshold(fit_labels, ensembler.predict(fit_probs))
-    fused = ensembler.predict(probs)
-    member_reports = [binary_report(labels, probs[:, k], youden_threshold(fit_labels,
-                                                                          fit_probs[:, k]))
-                      for k in range(len(members))]
-    optimistic = bool(set(fit_rows.tolist()) & set(rows.tolist()))
-    notes = [f"the evaluated split '{split}' overlaps the fit split '{fit_split}': the "
-             "fusion's metrics are optimistic"] if optimistic else []
-    return EnsembleReport(method, paths, members, ensembler, float(threshold), scans, fit_split,
-                          split, labels, probs, fused, member_reports,
-                          binary_report(labels, fused, threshold), optimistic, notes)
+    threshold = float(youden_threshold(fit_labels, ensembler.predict(fit_probs)))
+    fused, thresholds = ensembler.predict(probs), np.full(len(rows), threshold)
+    member_thresholds = np.tile([youden_threshold(fit_labels, fit_probs[:, k])
+                                 for k in range(len(members))], (len(rows), 1))
+    inside = np.isin(rows, fit_rows)
+    estimate, n_folds, fold_thresholds = "held-out", None, []
+    if inside.any():
+        n_folds = min(folds, int(np.bincount(fit_labels, minlength=2).min()))
+        if n_folds >= 2:
+            crossed = cross_fit(method, fit_probs, fit_labels, n_folds, seed)
+            at = np.searchsorted(fit_rows, rows[inside])
+            fused[inside], thresholds[inside] = crossed.fused[at], crossed.thresholds[at]
+            member_thresholds[inside] = crossed.member_thresholds[at]
+            estimate, fold_thresholds = "cross-fitted", crossed.fold_thresholds
+        else:
+            estimate, n_folds = "in-sample", None
+    selection_biased = any(scans.splits[r] == SELECTION_SPLIT for r in rows)
+    return EnsembleReport(
+        method=method, checkpoints=paths, names=member_names(paths), members=members,
+        ensembler=ensembler, threshold=threshold, data=scans, fit_split=fit_split, split=split,
+        labels=labels, probs=probs, fused=fused,
+        member_reports=[report_at(labels, probs[:, k], member_thresholds[:, k])
+                        for k in range(len(members))],
+        fusion=report_at(labels, fused, thresholds), estimate=estimate, folds=n_folds,
+        seed=seed, fold_thresholds=fold_thresholds, selection_biased=selection_biased,
+        notes=_ensemble_notes(estimate, fit_split, split, n_folds, seed, bool(inside.all()),
+                              selection_biased),
+    )
+
+
+def _ensemble_notes(estimate: str, fit_split: str, split: str, folds: int | None, seed: int,
+                    all_inside: bool, selection_biased: bool) -> list[str]:
+    """What a reader of the ensemble report must know about where its figures come from."""
+    notes = []
+    outside = "" if all_inside else f"; the scans of '{split}' outside '{fit_split}' are held out"
+    if estimate == "cross-fitted":
+        notes.append(f"the evaluated scans include the fit split '{fit_split}': their figures "
+                     f"are cross-fitted over {folds} stratified folds (seed {seed}), each scan "
+                     "scored by an ensembler and thresholds fit on the other folds; the saved "
+                     f"ensemble is fit on all of '{fit_split}'{outside}")
+    elif estimate == "in-sample":
+        notes.append(f"IN-SAMPLE: the evaluated scans include the fit split '{fit_split}', which "
+                     "has too few scans of a class to cross-fit: the fusion's figures and the "
+                     f"members' thresholds are fit on the scans they are scored on (optimistic)"
+                     f"{outside}")
+    if selection_biased:
+        notes.append(f"selection-biased (*): the evaluated scans include '{SELECTION_SPLIT}', on "
+                     "which covidzoo train chose each member's best epoch and stored threshold, "
+                     "so the members' figures there are optimistic, and the fusion's with them; "
+                     "a labelled test split gives unbiased figures")
+    return notes
 
 
 # --- predict -----------------------------------------------------------------------------------
@@ -370,12 +588,12 @@ class PredictReport:
 
 
 def predict(model: PathLike, scans: Sequence[PathLike], *, device: str | None = None,
-            precision: str = "auto", batch_size: int = 4) -> PredictReport:
+            precision: str = "auto", batch_size: int = 4, progress: bool = False) -> PredictReport:
     """Probability and label (at the stored threshold) of each raw scan; scans that cannot be
     read are listed in `failed`, and when every scan fails that is bad input."""
     model = Path(model)
     predictor = load_predictor(model, resolve_device(device), precision)
-    found = predict_paths(predictor, scans, batch_size)
+    found = predict_paths(predictor, scans, batch_size, progress)
     if not found.paths:
         raise BadInputError(f"every scan failed ({len(found.failed)}); first: "
                             f"{found.failed[0][1]}")

@@ -6,9 +6,10 @@ timm keeps `create_model` in `_factory.py`; covidzoo does the same, so that the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadInputError
+from .errors import BadInputError, CovidzooError
 from .registry import Component, Kind, check_kind
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ DEFAULT_AGGREGATORS: dict[int, str] = {3: "volume", 2: "slice-mean"}
 DEFAULT_SCAN_SIZE: tuple[int, int, int] = (64, 224, 224)
 # Slices per scan for a 2D backbone, whose `input_size` is one slice (H, W).
 DEFAULT_SLICES = DEFAULT_SCAN_SIZE[0]
+# The side of the (meta-device) probe that measures how much a backbone reduces its input.
+PROBE_SIDE = 1024
 
 
 def list_models(
@@ -118,6 +121,72 @@ def create_model(
             f" use one of: {', '.join(compatible_aggregators(name))}"
         )
     return wrapper.create(backbone=backbone.create(**kwargs), **(aggregator_args or {}))
+
+
+def check_scan_size(backbone: str, size: Sequence[int], model_args: dict[str, Any] | None = None,
+                    aggregator: str | None = "auto",
+                    aggregator_args: dict[str, Any] | None = None) -> None:
+    """Raise `BadInputError` when scans of `size` (D, H, W) are too small for the model that
+    `create_model(backbone, aggregator=..., **model_args)` builds.
+
+    Too small means that the model fails on such a scan, or that the scan is smaller than the
+    backbone's total reduction (measured from `forward_features` on a large input) in every
+    dimension, so that all of it is less than one cell of the last feature map. Smaller in some
+    dimensions only is allowed: strided convolutions pad, and thin scans (8x32x32) are how
+    tests and demos train in seconds. The model is built and run on the meta device, which
+    computes shapes and nothing else: cheap for any model, and no weights are made. A model
+    that cannot be built or run there is not checked (building it for real reports why).
+    """
+    import torch
+
+    from .errors import one_line
+
+    size = tuple(int(s) for s in size)
+    args = dict(model_args or {})
+    channels = int(args.get("in_chans", 1))
+    dims = spatial_dims(backbone)
+    shown = "x".join(map(str, size))
+    try:
+        with torch.device("meta"):
+            model = create_model(backbone, aggregator=aggregator,
+                                 aggregator_args=aggregator_args, **args).eval()
+    except CovidzooError:
+        raise
+    except Exception:
+        return
+    try:
+        with torch.no_grad():
+            reduction = _reduction(model, channels, dims)
+            if reduction is not None and all(
+                s < r for s, r in zip(size[-dims:], reduction, strict=True)
+            ):
+                raise BadInputError(
+                    f"scans of {shown} are too small for '{backbone}': it reduces "
+                    f"{'x'.join(map(str, reduction))}, so at least one of "
+                    f"{'D,H,W' if dims == 3 else 'H,W'} must reach that"
+                )
+            model(torch.empty(1, channels, *size, device="meta"))
+    except NotImplementedError:  # an operator without a meta kernel: cannot check here
+        return
+    except RuntimeError as exc:
+        if "meta" in str(exc):  # a value was read (`.item()`): shapes alone cannot tell
+            return
+        raise BadInputError(
+            f"scans of {shown} do not fit '{backbone}': {one_line(exc, with_type=False)}"
+        ) from exc
+
+
+def _reduction(model: Any, channels: int, dims: int) -> list[int] | None:
+    """How much the backbone inside `model` (on the meta device) reduces each spatial
+    dimension, from its `forward_features` on a `PROBE_SIDE` input; None without one."""
+    import torch
+
+    bare = getattr(model, "backbone", model)
+    if not hasattr(bare, "forward_features"):
+        return None
+    probe = torch.empty(1, channels, *([PROBE_SIDE] * dims), device="meta")
+    shape = bare.forward_features(probe).shape[2:]
+    return [PROBE_SIDE // max(s, 1) for s in shape] if len(shape) == dims else None
 
 
 def load_checkpoint(path: str, device: Any = "cpu") -> tuple[nn.Module, ModelSpec]:

@@ -10,8 +10,10 @@ What `evaluate`, `ensemble` and `predict` share:
   under `torch.inference_mode` and the autocast of `resolve_precision(..., mode="infer")`.
 - Every member preprocesses scans with the `PreprocessConfig` recorded in its own checkpoint, so
   a 2D model fed 64 x 256 x 256 scans and a 3D model fed 128 x 224 x 224 ones fuse scan by scan.
-  Labelled data (`load_eval_data`) goes through the on-disk cache once per distinct config;
+  Labelled data (`load_eval_data`) goes through the on-disk cache once per distinct config, or
+  comes from a cache that `covidzoo data prepare` made when that is every member's config;
   raw scans (`predict_paths`) are read and preprocessed once per distinct config.
+- A model is checked against its scan size before anything is read (`check_scan_size`).
 - A scan that fails to read is reported with its reason and the others go on.
 """
 
@@ -35,9 +37,10 @@ from .checkpoint import ModelSpec, load_checkpoint, read_spec
 from .data.preprocess import PreprocessConfig, load_scan
 from .data.sources import data_source
 from .errors import BadInputError, UnknownComponentError, one_line
-from .factory import get_component, spatial_dims
+from .factory import check_scan_size, get_component, spatial_dims
 from .fileio import atomic_write_text
 from .plugins import missing_component_message, provenance
+from .progress import progress_bar
 from .runtime import (
     Precision,
     prepare_model,
@@ -107,10 +110,17 @@ def load_member(
     """Load the checkpoint at `path` and prepare its model for inference on `device`.
 
     Pickle files and files that are not covidzoo safetensors checkpoints raise `BadInputError`
-    before anything is deserialised (see `covidzoo.checkpoint.read_spec`).
+    before anything is deserialised (see `covidzoo.checkpoint.read_spec`); a model too small
+    for the scan size it records (`covidzoo.factory.check_scan_size`) does too, before any scan
+    is read.
     """
     path, device = Path(path), torch.device(device)
     model, spec = load_checkpoint(path, "cpu")
+    try:
+        check_scan_size(spec.backbone, PreprocessConfig.from_dict(spec.preprocess).size,
+                        spec.model_args, spec.aggregator, spec.aggregator_args)
+    except BadInputError as exc:
+        raise BadInputError(f"{path}: {exc}") from exc
     num_classes = getattr(model, "num_classes", None) or spec.model_args.get("num_classes", 1)
     if num_classes not in CLASS_DEFINITIONS:
         raise BadInputError(
@@ -368,31 +378,44 @@ class EvalData:
 def load_eval_data(
     members: Sequence[Member], root: str | os.PathLike[str] | None = None,
     manifest: str | os.PathLike[str] | None = None, splits: Sequence[str] | None = None,
-    workers: int = 0, progress: bool = True,
+    workers: int = 0, progress: bool = True, cache: str | os.PathLike[str] | None = None,
 ) -> EvalData:
     """The scans of `splits` (`None`: all) of a data source, prepared for every member.
 
     Each distinct preprocessing gets its own cache folder, keyed by source, splits and config
     (`cache_dir_for`): a cache mirrors the records it was prepared from, so keying by the splits
     too keeps `evaluate --split val` from pruning the volumes of another split's cache.
+
+    `cache` is a cache made by `covidzoo data prepare` (instead of `root` or `manifest`): its
+    scans are used as they are, which needs every member's recorded preprocessing to be the
+    cache's; else `BadInputError` names the difference.
     """
     from .data import CachedScans, cache_dir_for, prepare_cache
 
-    found = data_source(root, manifest)
-    records, source = found.records(), found.name
+    found = data_source(root, manifest, cache)
+    source = found.name
     wanted = None if splits is None or "all" in splits else set(splits)
-    records = [r for r in records if wanted is None or r.split in wanted]
-    if not records:
-        raise BadInputError(f"no scans in split(s) {', '.join(sorted(wanted or []))} of {source}")
-    key = f"{source}#splits={','.join(sorted(wanted)) if wanted else 'all'}"
     failed: dict[str, str] = {}
     datasets: dict[str, Any] = {}
-    for digest, cfg in _config_groups(members).items():
-        result = prepare_cache(records, cache_dir_for(key, cfg), cfg, workers=workers,
-                               progress=progress)
-        for scan, reason in result.failed:
-            failed.setdefault(scan, reason)
-        datasets[digest] = CachedScans(result.cache_dir)
+    if found.cache is not None:
+        prepared = CachedScans(found.cache)
+        _check_cache_config(found.cache, prepared.config, members)
+        if not any(wanted is None or e["split"] in wanted for e in prepared.entries):
+            raise BadInputError(f"no scans in split(s) {', '.join(sorted(wanted or []))} of "
+                                f"{source}")
+        datasets = dict.fromkeys(_config_groups(members), prepared)
+    else:
+        records = [r for r in found.records() if wanted is None or r.split in wanted]
+        if not records:
+            raise BadInputError(f"no scans in split(s) {', '.join(sorted(wanted or []))} of "
+                                f"{source}")
+        key = f"{source}#splits={','.join(sorted(wanted)) if wanted else 'all'}"
+        for digest, cfg in _config_groups(members).items():
+            result = prepare_cache(records, cache_dir_for(key, cfg), cfg, workers=workers,
+                                   progress=progress)
+            for scan, reason in result.failed:
+                failed.setdefault(scan, reason)
+            datasets[digest] = CachedScans(result.cache_dir)
     first = next(iter(datasets.values()))
     positions = {d: {s: i for i, s in enumerate(ds.sources)} for d, ds in datasets.items()}
     common = [s for s in first.sources if all(s in p for p in positions.values())]
@@ -402,6 +425,7 @@ def load_eval_data(
             if scan not in kept:
                 failed.setdefault(scan, f"{scan}: failed under another member's preprocessing")
     by_source = {e["source"]: e for e in first.entries}
+    common = [s for s in common if wanted is None or by_source[s]["split"] in wanted]
     if not common:
         first_failure = next(iter(failed.values()), "no scans")
         raise BadInputError(f"no scan of {source} could be read ({len(failed)} failed; first: "
@@ -418,6 +442,28 @@ def load_eval_data(
     )
 
 
+def _check_cache_config(cache: Path, config: PreprocessConfig, members: Sequence[Member]) -> None:
+    """A prepared cache serves only members recorded with its very preprocessing."""
+    have = config.to_dict()
+    for member in members:
+        need = member.preprocess.to_dict()
+        differ = [k for k in have if have[k] != need[k]]
+        if differ:
+            raise BadInputError(
+                f"--cache {cache}: its scans were prepared with "
+                f"{', '.join(f'{k} {_shown(have[k])}' for k in differ)}, {member.path.name} "
+                f"with {', '.join(f'{k} {_shown(need[k])}' for k in differ)}; prepare a cache "
+                "with the model's preprocessing, or give --data or --manifest"
+            )
+
+
+def _shown(value: Any) -> str:
+    """A preprocessing value as the command line writes it: 16,32,32 or -600,1500."""
+    if isinstance(value, list):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
 def _loader(dataset: Any, rows: Sequence[int], batch_size: int, workers: int,
             device: torch.device) -> Any:
     from torch.utils.data import DataLoader, Subset
@@ -428,26 +474,32 @@ def _loader(dataset: Any, rows: Sequence[int], batch_size: int, workers: int,
 
 def member_probs(
     members: Sequence[Member], data: EvalData, indices: Sequence[int], batch_size: int = 8,
-    workers: int = 0,
+    workers: int = 0, progress: bool = False,
 ) -> tuple[NDArray[np.float64], float]:
     """`(n_scans x n_members probabilities of rows `indices`, seconds of inference)`.
 
     The seconds cover reading cached volumes and the forward passes (device synchronised), not
-    loading models or preparing the cache: the inference throughput.
+    loading models or preparing the cache: the inference throughput. `progress` shows a bar of
+    the scans scored (once per member).
     """
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     out = np.empty((len(indices), len(members)), dtype=np.float64)
     seconds = 0.0
-    for k, member in enumerate(members):
-        digest = member.preprocess.digest()
-        rows = [data.rows[digest][i] for i in indices]
-        start = time.perf_counter()
-        chunks = [member.probs(batch).cpu() for batch, _ in
-                  _loader(data.datasets[digest], rows, batch_size, workers, member.device)]
-        _sync(member.device)
-        seconds += time.perf_counter() - start
-        out[:, k] = torch.cat(chunks).double().numpy() if chunks else []
+    with progress_bar(len(indices) * len(members), "scoring", enabled=progress,
+                      rate_unit="scans") as advance:
+        for k, member in enumerate(members):
+            digest = member.preprocess.digest()
+            rows = [data.rows[digest][i] for i in indices]
+            start = time.perf_counter()
+            chunks = []
+            for batch, _ in _loader(data.datasets[digest], rows, batch_size, workers,
+                                    member.device):
+                chunks.append(member.probs(batch).cpu())  # the copy waits for the batch
+                advance(len(batch))
+            _sync(member.device)
+            seconds += time.perf_counter() - start
+            out[:, k] = torch.cat(chunks).double().numpy() if chunks else []
     return out, seconds
 
 
@@ -487,21 +539,27 @@ def _read_batches(
 
 def predict_paths(
     predictor: Predictor, paths: Sequence[str | os.PathLike[str]], batch_size: int = 4,
+    progress: bool = False,
 ) -> ScanPredictions:
     """Member probabilities of raw scans (DICOM folders, JPG-slice folders, `.npy`/`.npz`),
-    each preprocessed with the config recorded in the member's checkpoint."""
+    each preprocessed with the config recorded in the member's checkpoint; `progress` shows a
+    bar of the scans read and scored."""
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
     configs = _config_groups(predictor.members)
     failed: list[tuple[str, str]] = []
     names: list[str] = []
     rows: list[NDArray[np.float64]] = []
-    for batch_names, batches in _read_batches([str(p) for p in paths], configs, batch_size,
-                                              failed):
-        columns = [member.probs(batches[member.preprocess.digest()]).double().cpu().numpy()
-                   for member in predictor.members]
-        names += batch_names
-        rows.append(np.stack(columns, axis=1))
+    failures_shown = 0
+    with progress_bar(len(paths), "predicting", enabled=progress, rate_unit="scans") as advance:
+        for batch_names, batches in _read_batches([str(p) for p in paths], configs, batch_size,
+                                                  failed):
+            columns = [member.probs(batches[member.preprocess.digest()]).double().cpu().numpy()
+                       for member in predictor.members]
+            advance(len(batch_names) + len(failed) - failures_shown)  # failed scans too
+            failures_shown = len(failed)
+            names += batch_names
+            rows.append(np.stack(columns, axis=1))
     probs = np.concatenate(rows) if rows else np.empty((0, len(predictor.members)))
     return ScanPredictions(names, probs, failed)
 

@@ -17,6 +17,7 @@ subset still reports what it can.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -209,6 +210,33 @@ def _macro_f1_rows(
     return (f1_pos + f1_neg) / 2
 
 
+def _check_bootstrap(n_boot: int, level: float) -> None:
+    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise BadInputError(f"the number of bootstrap resamples must be >= 1, got {n_boot}")
+    if not 0 < level < 1:
+        raise BadInputError(f"the confidence level must be between 0 and 1, got {level}")
+
+
+def _resamples(
+    y: NDArray[np.int64], p: NDArray[np.float64], n_boot: int, seed: int
+) -> Iterator[tuple[NDArray[np.int64], NDArray[np.float64], int]]:
+    """The bootstrap resamples of `bootstrap_ci`, in chunks: `(labels, scores, skipped)` with a
+    row per resample that holds both classes; `skipped` counts the one-class rows left out.
+
+    The indices come from `numpy.random.default_rng(seed)`, so every function that resamples
+    through here sees the same resamples for the same seed.
+    """
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _BOOTSTRAP_CELLS // n)
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        yb, pb = y[idx], p[idx]
+        n_pos = yb.sum(axis=1)
+        both = (n_pos > 0) & (n_pos < n)
+        yield yb[both], pb[both], int((~both).sum())
+
+
 def bootstrap_ci(
     labels: ArrayLike,
     probs: ArrayLike,
@@ -227,25 +255,15 @@ def bootstrap_ci(
     "macro_f1": [low, high]}`, with `None` intervals when every resample was skipped.
     """
     y, p = check_binary(labels, probs)
-    if not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
-        raise BadInputError(f"the number of bootstrap resamples must be >= 1, got {n_boot}")
-    if not 0 < level < 1:
-        raise BadInputError(f"the confidence level must be between 0 and 1, got {level}")
+    _check_bootstrap(n_boot, level)
     predict_labels(p, threshold)  # checks the threshold
-    n = len(y)
-    rng = np.random.default_rng(seed)
     aucs: list[NDArray[np.float64]] = []
     f1s: list[NDArray[np.float64]] = []
     skipped = 0
-    chunk = max(1, _BOOTSTRAP_CELLS // n)
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
-        yb, pb = y[idx], p[idx]
-        n_pos = yb.sum(axis=1)
-        both = (n_pos > 0) & (n_pos < n)
-        skipped += int((~both).sum())
-        aucs.append(_auc_rows(yb[both], pb[both]))
-        f1s.append(_macro_f1_rows(yb[both], pb[both], threshold))
+    for yb, pb, n_skipped in _resamples(y, p, n_boot, seed):
+        skipped += n_skipped
+        aucs.append(_auc_rows(yb, pb))
+        f1s.append(_macro_f1_rows(yb, pb, threshold))
     q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
 
     def interval(values: list[NDArray[np.float64]]) -> list[float] | None:
@@ -260,6 +278,82 @@ def bootstrap_ci(
         "auc": interval(aucs),
         "macro_f1": interval(f1s),
     }
+
+
+class RocBand(NamedTuple):
+    """A pointwise bootstrap confidence band of the ROC curve: the `level` interval of the TPR
+    at each FPR of the grid `fpr`, over the resamples of `bootstrap_ci` (same seed, same
+    resamples), and the interval of the AUC over the same resamples."""
+
+    fpr: NDArray[np.float64]
+    low: NDArray[np.float64]
+    high: NDArray[np.float64]
+    auc: tuple[float, float] | None
+    level: float
+    n_boot: int
+    seed: int
+    skipped: int
+
+
+def _roc_rows(
+    y: NDArray[np.int64], p: NDArray[np.float64]
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """FPR and TPR of each row's ROC curve, `(0, 0)` first, one point per score (tied scores
+    share the point at the end of their run, so the curve runs straight through a tie)."""
+    order = np.argsort(-p, axis=1, kind="stable")
+    ys, ps = np.take_along_axis(y, order, axis=1), np.take_along_axis(p, order, axis=1)
+    n = y.shape[1]
+    positions = np.arange(n)
+    run_end = np.ones(ps.shape, dtype=bool)
+    run_end[:, :-1] = ps[:, :-1] != ps[:, 1:]
+    ends = np.minimum.accumulate(np.where(run_end, positions, n)[:, ::-1], axis=1)[:, ::-1]
+    tps = np.take_along_axis(np.cumsum(ys, axis=1), ends, axis=1)
+    fps = ends + 1 - tps
+    zero = np.zeros((len(y), 1))
+    tpr = np.hstack([zero, tps / tps[:, -1:]])
+    fpr = np.hstack([zero, fps / fps[:, -1:]])
+    return fpr, tpr
+
+
+def bootstrap_roc_band(
+    labels: ArrayLike,
+    probs: ArrayLike,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    points: int = 101,
+) -> RocBand:
+    """Pointwise percentile band of the ROC curve over `n_boot` bootstrap resamples.
+
+    Each resample's curve (linear between its points, as `roc_curve` draws it) gives a TPR at
+    each of `points` evenly spaced FPRs; the band is the `level` interval of those TPRs at each
+    FPR. The resamples are those of `bootstrap_ci` with the same `seed`, so the band and the
+    reported AUC interval describe the same resampled data; the AUC interval is recomputed here
+    from the resampled curves and equals `bootstrap_ci`'s. One-class resamples are skipped and
+    counted; when all are, the band is the curve's full range, 0 to 1, and `auc` is None.
+    """
+    y, p = check_binary(labels, probs)
+    _check_bootstrap(n_boot, level)
+    reason = _one_class_reason(y)
+    if reason:
+        raise BadInputError(f"ROC band {reason}")
+    grid = np.linspace(0.0, 1.0, points)
+    tprs: list[NDArray[np.float64]] = []
+    aucs: list[NDArray[np.float64]] = []
+    skipped = 0
+    for yb, pb, n_skipped in _resamples(y, p, n_boot, seed):
+        skipped += n_skipped
+        fpr, tpr = _roc_rows(yb, pb)
+        aucs.append(((fpr[:, 1:] - fpr[:, :-1]) * (tpr[:, 1:] + tpr[:, :-1]) / 2).sum(axis=1))
+        tprs.extend(np.interp(grid, f, t) for f, t in zip(fpr, tpr, strict=True))
+    q = [100 * (1 - level) / 2, 100 * (1 + level) / 2]
+    if not tprs:
+        return RocBand(grid, np.zeros(points), np.ones(points), None, float(level),
+                       int(n_boot), int(seed), skipped)
+    low, high = np.percentile(np.array(tprs), q, axis=0)
+    auc_low, auc_high = np.percentile(np.concatenate(aucs), q)
+    return RocBand(grid, low, high, (float(auc_low), float(auc_high)), float(level),
+                   int(n_boot), int(seed), skipped)
 
 
 def binary_report(
@@ -315,10 +409,12 @@ def binary_report(
 
 __all__ = [
     "CLASS_NAMES",
+    "RocBand",
     "RocCurve",
     "accuracy",
     "binary_report",
     "bootstrap_ci",
+    "bootstrap_roc_band",
     "check_binary",
     "confusion_matrix",
     "f1_covid",

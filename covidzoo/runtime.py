@@ -1,5 +1,6 @@
 """Where and how a model runs: device, precision, memory layout, distributed processes, loader
-workers, and the preparation of a model for inference. Each of these is decided here only.
+workers, CPU threads, and the preparation of a model for inference. Each of these is decided here
+only.
 
 Precision modes: what `--precision fp32|bf16|fp16|auto` means on a device. A mode resolves to
 (autocast dtype, whether to use a gradient scaler), as timm's benchmark does.
@@ -12,7 +13,9 @@ only chosen automatically once measured faster than fp32.
 
 from __future__ import annotations
 
+import math
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +33,10 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 __all__ = ["AUTO_TABLE", "COMPILE_MODES", "PRECISIONS", "Dist", "Precision", "all_gather_arrays",
-           "all_reduce_mean", "barrier", "default_workers", "device_class", "memory_format",
-           "prepare_model", "resolve_device", "resolve_precision", "setup_distributed",
-           "shutdown_distributed", "to_layout", "tune_cudnn", "valid_precisions"]
+           "all_reduce_mean", "apply_threads", "barrier", "busy_cores", "default_threads",
+           "default_workers", "device_class", "memory_format", "prepare_model", "resolve_device",
+           "resolve_precision", "resolve_threads", "setup_distributed", "shutdown_distributed",
+           "to_layout", "tune_cudnn", "usable_cores", "valid_precisions"]
 
 
 @dataclass(frozen=True)
@@ -290,3 +294,96 @@ def resolve_workers(workers: int | None, device: Any) -> int:
     if workers < 0:
         raise BadInputError(f"--workers must be at least 0, got {workers}")
     return workers
+
+
+# --- CPU threads -------------------------------------------------------------------------------
+#
+# torch's default is one intra-op thread per core. On a machine where other processes keep cores
+# busy, those threads wait for each other at every operator's barrier, spinning while the thread
+# they wait for has no core: on a shared 2-core CPU beside one CPU-bound process, a training
+# step of the README's job took 1.1-3.4 s with 2 threads and 0.38 s with 1 (0.25 s with 2 when
+# the other work was light). So covidzoo uses the cores that are free when a command starts.
+# OpenMP's passive wait policy (OMP_WAIT_POLICY=PASSIVE) avoids the collapse too, but only when
+# set before torch is imported (OpenMP reads it when loaded), and it made the lightly loaded step
+# 1.9x slower (0.47 s): it is not used. benchmarks/bench_threads_cpu.py measures all three. The
+# inter-op pool is left alone: eager training and inference do not use it.
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the system has one."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # no affinity (macOS, Windows)
+        return os.cpu_count() or 1
+
+
+def _cpu_ticks(cpus: set[int]) -> tuple[int, int]:
+    """(busy, all) clock ticks of `cpus` since boot, from /proc/stat (busy: neither idle nor
+    waiting for I/O)."""
+    busy = total = 0
+    with open("/proc/stat") as fh:
+        for line in fh:
+            name, *fields = line.split()
+            if name[:3] == "cpu" and name[3:].isdigit() and int(name[3:]) in cpus:
+                ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq soft steal
+                total += sum(ticks)
+                busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+def busy_cores(interval: float = 0.1) -> float:
+    """How many of this process's cores other work keeps busy now: measured over `interval`
+    seconds from /proc/stat (Linux), else the 1-minute load average, else 0.
+
+    The measurement is of now, not of the last minute, so the run a command follows (a `train`
+    before an `evaluate`) does not count; this process sleeps meanwhile, so it does not count
+    itself.
+    """
+    try:
+        cpus = os.sched_getaffinity(0)
+        busy, total = _cpu_ticks(cpus)
+        time.sleep(interval)
+        busy_after, total_after = _cpu_ticks(cpus)
+    except (AttributeError, OSError, ValueError):
+        try:
+            return os.getloadavg()[0]
+        except (AttributeError, OSError):
+            return 0.0
+    ticks = total_after - total
+    return len(cpus) * (busy_after - busy) / ticks if ticks > 0 else 0.0
+
+
+def default_threads() -> int:
+    """torch's CPU threads when neither `--threads` nor OMP_NUM_THREADS says: the usable cores
+    less those other work keeps busy (a core counts from half busy), at least 1, shared between
+    torchrun's local processes."""
+    local = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    cores = usable_cores()
+    if cores <= local:
+        return 1
+    free = cores - math.floor(busy_cores() + 0.5)
+    return max(1, free // local)
+
+
+def resolve_threads(threads: int | None) -> int:
+    """`--threads`: the number given, else OMP_NUM_THREADS when set (torchrun sets it to 1 for
+    several local processes), else `default_threads()`."""
+    if threads is not None:
+        if threads < 1:
+            raise BadInputError(f"--threads must be at least 1, got {threads}")
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    return default_threads()
+
+
+def apply_threads(threads: int | None) -> int:
+    """Resolve `--threads` (`resolve_threads`) and give torch that many intra-op threads for the
+    rest of this process; returns the number. Data-loader workers and the cache's worker
+    processes run one thread each (torch's DataLoader and `prepare_cache` set it)."""
+    import torch
+
+    resolved = resolve_threads(threads)
+    torch.set_num_threads(resolved)
+    return resolved

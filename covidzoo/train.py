@@ -33,10 +33,11 @@ from ._version import __version__
 from .checkpoint import ModelSpec, load_state, read_spec, save_checkpoint, save_state
 from .data.sources import DataSource, TrainingData, data_source, scan_size, training_data
 from .errors import BadInputError, CovidzooError
-from .factory import default_aggregator, get_component, spatial_dims
+from .factory import check_scan_size, default_aggregator, get_component, spatial_dims
 from .fileio import atomic_write_text, interrupts_deferred
 from .loop import (
     device_batch,
+    eval_frozen,
     fine_tunable,
     lr_factor,
     rng_state,
@@ -62,10 +63,18 @@ from .runtime import (
     tune_cudnn,
 )
 from .transforms import AugmentConfig, ScanAugment
+from .values import format_number
 
 # Epochs when --epochs is not given: the demo is sized to learn its signal in a few minutes.
 DEMO_EPOCHS = 12
 DEFAULT_EPOCHS = 30
+# Where runs go without --out, and where --resume without --out looks for the latest one.
+RUNS = Path("runs")
+# How often the progress bar reads the running loss off a GPU (each read waits for the device).
+LOSS_READ_S = 2.0
+# What BatchNorm (and dropout) in frozen layers do while fine-tuning: "eval" keeps their
+# running statistics fixed; "train" normalises with batch statistics and updates them.
+FROZEN_BN_MODES = ("eval", "train")
 
 
 @dataclass
@@ -95,6 +104,7 @@ class TrainConfig:
     augment: bool = True
     freeze_epochs: int = 0
     unfreeze_last: int = 0
+    frozen_bn: str = "eval"
     val_split: float | None = None
     seed: int = 0
     out: str | None = None
@@ -112,7 +122,23 @@ class TrainConfig:
 
 
 def default_out(backbone: str) -> str:
-    return str(Path("runs") / f"{backbone}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return str(RUNS / f"{backbone}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def latest_run(backbone: str, runs: Path = RUNS) -> Path:
+    """`--resume` without `--out`: the run folder under `runs` holding a `backbone` model whose
+    last checkpoint was written last (by modification time, then name)."""
+    found = []
+    for last in runs.glob("*/last.safetensors"):
+        try:
+            if read_spec(last).backbone == backbone:
+                found.append((last.stat().st_mtime, last.parent.name))
+        except (BadInputError, OSError):
+            continue  # not a checkpoint, or gone meanwhile: not a run to continue
+    if not found:
+        raise BadInputError(f"--resume: no {backbone} run under {runs}/ to continue; give --out "
+                            "RUN_FOLDER")
+    return runs / max(found)[1]
 
 
 def create_optimizer(name: str, model: nn.Module, lr: float, weight_decay: float,
@@ -158,6 +184,9 @@ class Trainer:
         self.quiet = quiet
         if cfg.epochs is not None and cfg.epochs < 1:
             raise BadInputError("--epochs must be at least 1")
+        if cfg.frozen_bn not in FROZEN_BN_MODES:
+            raise BadInputError(f"--frozen-bn must be one of {', '.join(FROZEN_BN_MODES)}, "
+                                f"got '{cfg.frozen_bn}'")
         self.dist, self.device = setup_distributed(resolve_device(cfg.device))
         tune_cudnn(self.device)
         self.workers = resolve_workers(cfg.workers, self.device)
@@ -170,7 +199,12 @@ class Trainer:
         self.spatial_dims = spatial_dims(cfg.backbone)
         self.channels_last_scans = scans_channels_last(self.precision, self.spatial_dims)
         self.compile_mode = self.precision.compile_mode or ("default" if cfg.compile else None)
-        self.out = Path(cfg.out or broadcast(self.dist, default_out(cfg.backbone)))
+        if cfg.resume and cfg.out is None:
+            self.out = latest_run(cfg.backbone)
+            self._log(f"--resume: continuing {self.out}, the latest {cfg.backbone} run under "
+                      f"{RUNS}/")
+        else:
+            self.out = Path(cfg.out or broadcast(self.dist, default_out(cfg.backbone)))
         self._check_out()
         barrier(self.dist)  # every rank has checked the run folder before rank 0 writes to it
 
@@ -223,9 +257,9 @@ class Trainer:
         data.check(cfg.batch_size)
         return data
 
-    def _build_model(self, preprocess: dict[str, Any]) -> tuple[nn.Module, ModelSpec]:
+    def _spec(self, preprocess: dict[str, Any]) -> ModelSpec:
         cfg = self.cfg
-        spec = ModelSpec(
+        return ModelSpec(
             backbone=cfg.backbone,
             model_args={"in_chans": 1, "num_classes": 1, **cfg.model_args},
             aggregator=(
@@ -234,6 +268,9 @@ class Trainer:
             aggregator_args=dict(cfg.aggregator_args),
             preprocess=preprocess,
         )
+
+    def _build_model(self, preprocess: dict[str, Any]) -> tuple[nn.Module, ModelSpec]:
+        spec = self._spec(preprocess)
         model = to_layout(spec.build().to(self.device), self.precision, self.spatial_dims)
         return model, spec
 
@@ -243,11 +280,20 @@ class Trainer:
         cfg = self.cfg
         seed_everything(cfg.seed)
         size = scan_size(cfg.backbone, cfg.source, cfg.size)
+        spec = self._spec({})
+        check_scan_size(spec.backbone, size, spec.model_args, spec.aggregator,
+                        spec.aggregator_args)  # before the data is prepared
         epochs = cfg.epochs or (DEMO_EPOCHS if cfg.source.is_demo else DEFAULT_EPOCHS)
         data = self._load_data(size)
         model, spec = self._build_model(data.preprocess)
-        if cfg.freeze_epochs > 0 and fine_tunable(model) is None:
-            raise BadInputError(f"--freeze-epochs: '{cfg.backbone}' has no staged fine-tuning")
+        if cfg.freeze_epochs > 0:
+            target = fine_tunable(model)
+            if target is None:
+                raise BadInputError(f"--freeze-epochs: '{cfg.backbone}' has no staged fine-tuning")
+            if getattr(target, "pretrained", None) is False and self.dist.main:
+                print(f"covidzoo: warning: --freeze-epochs {cfg.freeze_epochs} freezes the "
+                      f"randomly initialised backbones of '{cfg.backbone}' (no pretrained "
+                      "weights given, e.g. --model-arg pretrained_path=...)", file=sys.stderr)
         optimizer = create_optimizer(cfg.optimizer, model, cfg.lr, cfg.weight_decay,
                                      **cfg.optimizer_args)
         steps_per_epoch = max(len(data.train) // (cfg.batch_size * self.dist.world), 1)
@@ -285,6 +331,7 @@ class Trainer:
                 "out": str(self.out), "precision_resolved": self.precision.name,
                 "channels_last_resolved": self.precision.channels_last,
                 "compile_mode_resolved": self.compile_mode, "workers_resolved": self.workers,
+                "threads_resolved": torch.get_num_threads(),
                 "device": str(self.device), "world_size": self.dist.world,
                 "model": state.spec.to_dict(), "augment_config": AugmentConfig().to_dict(),
                 "data_source": state.data.source, "n_train": len(state.data.train),
@@ -316,9 +363,10 @@ class Trainer:
                         completed = epoch  # before a deferred Ctrl-C is raised
                 completed = epoch
                 self._log(
-                    f"epoch {epoch}/{state.epochs}  train loss {row['train_loss']:.4f}  "
-                    f"val loss {row['val_loss']:.4f}  val AUC {_fmt(row['val_auc'])}  "
-                    f"F1 {_fmt(row['val_f1'])}  {row['train_scans_per_s']:.1f} scans/s"
+                    f"epoch {epoch}/{state.epochs}  train loss {format_number(row['train_loss'])}"
+                    f"  val loss {format_number(row['val_loss'])}  val AUC "
+                    f"{format_number(row['val_auc'])}  F1 {format_number(row['val_f1'])}  "
+                    f"{row['train_scans_per_s']:.1f} scans/s"
                 )
                 if cfg.patience is not None and state.stale >= cfg.patience:
                     self._log(f"early stop: no AUC gain in {cfg.patience} epochs")
@@ -379,7 +427,8 @@ class Trainer:
             "precision": self.precision.name,
             "device": str(self.device),
             "best_epoch": best["epoch"] if best else None,
-            "best_val_auc": best["val_auc"] if best else None,
+            "best_val_auc": best["val_auc"] if best else None,  # the split that chose the epoch
+            "n_val": len(state.data.val),
             "best_val_f1": best["val_f1"] if best else None,
             "threshold": best["val_threshold"] if best else None,
             "train_time_s": seconds,
@@ -387,7 +436,9 @@ class Trainer:
         }
 
     def _set_stage(self, model: nn.Module, epoch: int) -> None:
-        """Staged fine-tuning: backbones frozen for --freeze-epochs, then the last K unfrozen."""
+        """Staged fine-tuning: backbones frozen for --freeze-epochs, then the last K unfrozen.
+        This sets what trains; `_train_epoch` puts the frozen layers in eval mode
+        (`--frozen-bn eval`, the default)."""
         cfg = self.cfg
         if cfg.freeze_epochs <= 0:
             return
@@ -398,13 +449,20 @@ class Trainer:
 
     def _train_epoch(self, state: RunState, epoch: int) -> tuple[float, int]:
         state.train_model.train()
+        if self.cfg.freeze_epochs > 0 and self.cfg.frozen_bn == "eval":
+            eval_frozen(fine_tunable(state.model))  # train() put the frozen layers back
         loader = self._loader(state.data.train, train=True, epoch=epoch)
         cuda_graphs = self.compile_mode in ("reduce-overhead", "max-autotune")
-        # The loss is summed on the device and read once per epoch: reading it every step
-        # would make the host wait for each step before queueing the next.
+        # The loss is summed on the device. Reading it makes the host wait for the step before
+        # queueing the next, so on a GPU the bar shows the running loss every LOSS_READ_S
+        # seconds only (on the CPU a read costs nothing) and without a bar it is read once.
         total, seen = torch.zeros((), device=self.device), 0
+        read_every = 0.0 if self.device.type == "cpu" else LOSS_READ_S
         with progress_bar(len(loader), f"epoch {epoch}/{state.epochs}",
-                          enabled=not self.quiet and self.dist.main) as advance:
+                          enabled=not self.quiet and self.dist.main, rate_unit="scans",
+                          rate_scale=self.cfg.batch_size * self.dist.world,
+                          fields=("loss",)) as advance:
+            last_read = time.monotonic()
             for batch, labels in loader:
                 x, y = device_batch(batch, labels, self.device, self.channels_last_scans,
                                     state.augment)
@@ -414,7 +472,11 @@ class Trainer:
                 state.scheduler.step()
                 total += loss * len(y)
                 seen += len(y)
-                advance()
+                if advance.shown and time.monotonic() - last_read >= read_every:
+                    advance(loss=f"loss {format_number(float(total) / seen)}")
+                    last_read = time.monotonic()
+                else:
+                    advance()
         return float(total) / max(seen, 1), seen
 
     @torch.inference_mode()
@@ -486,10 +548,6 @@ class Trainer:
                                   "".join(json.dumps(r) + "\n" for r in state.history))
         state.start_epoch = int(saved["epoch"]) + 1
         state.best_auc, state.stale = float(saved["best_auc"]), int(saved["stale"])
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def train(cfg: TrainConfig, quiet: bool = False) -> dict[str, Any]:

@@ -1,11 +1,14 @@
 """Command-line text to values, one parser per kind of value: every mistake is a one-line
 `BadInputError` naming the flag. The shared options (`cli/options.py`) and the options that
-backbones declare (`registry.ComponentOption`) both parse here. Nothing here imports torch.
+backbones declare (`registry.ComponentOption`) both parse here. Numbers back to text for people
+(`format_number`, `format_apart`) are here too: every table, log line and summary rounds through
+them, while `--json` keeps full precision. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import math
+from numbers import Integral
 
 from .errors import BadInputError
 
@@ -46,3 +49,36 @@ def parse_names(flag: str, text: str) -> list[str]:
     if not all(names):
         raise BadInputError(f"{flag}: '{text}' has an empty item")
     return names
+
+
+# --- numbers for people -------------------------------------------------------------------------
+
+DIGITS = 4  # significant digits shown to people
+MOST_DIGITS = 12  # at most this many when two numbers must read apart
+
+
+def format_number(value: float | None, digits: int = DIGITS) -> str:
+    """`value` rounded for people: `digits` significant digits (0.6493055555555556 -> "0.6493",
+    184.23 -> "184.2"), integers as they are, "n/a" for None."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, Integral):
+        return str(value)
+    value = float(value)
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    magnitude = math.floor(math.log10(abs(value)))
+    if magnitude < -4:
+        return f"{value:.{digits}g}"
+    return f"{value:.{max(digits - 1 - magnitude, 0)}f}"
+
+
+def format_apart(value: float, reference: float, digits: int = DIGITS) -> tuple[str, str]:
+    """`value` and `reference` (a probability and its threshold) for people, with more digits
+    where needed until two different numbers read differently (at most `MOST_DIGITS`), so that
+    a value just under its threshold never reads as equal to it."""
+    shown = format_number(value, digits), format_number(reference, digits)
+    while shown[0] == shown[1] and value != reference and digits < MOST_DIGITS:
+        digits += 1
+        shown = format_number(value, digits), format_number(reference, digits)
+    return shown

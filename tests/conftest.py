@@ -7,6 +7,17 @@ from click.testing import CliRunner
 from covidzoo.testing import fresh_plugins  # noqa: F401
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """A command run in-process sets torch's CPU threads (`--threads`): every test starts with
+    the suite's own."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

@@ -146,3 +146,28 @@ def test_arrays(tmp_path):
         read_scan(tmp_path / "flat.npy")
     with pytest.raises(BadInputError, match="no such file"):
         read_scan(tmp_path / "missing.npy")
+
+
+def test_a_dcm_file_cut_short_is_reported_not_dropped(tmp_path):
+    # pydicom reads a file cut off after the file meta (300 bytes) or inside a data element
+    # without complaint; a folder's .dcm file that ends early is bad input, named
+    write_series(tmp_path, [1, 2], names=["a.dcm", "b.dcm"])
+    whole = CT_SMALL.read_bytes()
+    for size in (300, 1000):
+        (tmp_path / "c.dcm").write_bytes(whole[:size])
+        with pytest.raises(BadInputError, match=r"c\.dcm: not a readable DICOM file \(cut "):
+            read_scan(tmp_path)
+        with pytest.raises(BadInputError, match=r"c\.dcm: not a readable DICOM file \(cut "):
+            read_scan(tmp_path / "c.dcm")
+
+
+def test_a_dicom_file_without_an_image_is_skipped_with_a_warning(tmp_path):
+    write_series(tmp_path, [1, 2], names=["a.dcm", "b.dcm"])
+    report = pydicom.dcmread(TEST_FILES / "empty_charset_LEI.dcm")  # a whole non-image file
+    assert "Rows" not in report
+    report.save_as(tmp_path / "report.dcm")
+    volume = read_scan(tmp_path)
+    assert volume.shape[0] == 2
+    assert any("report.dcm" in w and "without an image" in w for w in volume.warnings)
+    with pytest.raises(BadInputError, match=r"report\.dcm: DICOM file without an image"):
+        read_scan(tmp_path / "report.dcm")

@@ -129,7 +129,9 @@ def test_ensemble_of_one_model_equals_the_model(env, invoke, tmp_path):
     member, fusion = single["members"][0], single["fusion"]
     for key in ("auc", "f1", "macro_f1", "confusion_matrix", "threshold"):
         assert fusion[key] == member[key]
-    assert single["optimistic"] is True and "optimistic" in single["notes"][0]
+    # No test split: cross-fitted on val, and val is where the members were selected.
+    assert single["estimate"] == "cross-fitted" and single["in_sample"] is False
+    assert "cross-fitted" in single["notes"][0] and "selection-biased" in single["notes"][1]
     a = run_json(invoke, "evaluate", str(env.a), "--data", str(env.data), "--predictions",
                  str(tmp_path / "a.csv"))
     one = run_json(invoke, "evaluate", str(tmp_path / "one.json"), "--data", str(env.data),
@@ -185,7 +187,7 @@ def test_learned_ensemblers_fit_on_the_fit_split_only(env, invoke, tmp_path, met
     out = run_json(invoke, "ensemble", str(env.a), str(env.b), "--data", str(env.data),
                    "--method", method, "--fit-split", "val", "--split", "train",
                    "--save", str(tmp_path / "e.json"))
-    assert out["optimistic"] is False and out["notes"] == []
+    assert out["estimate"] == "held-out" and out["in_sample"] is False and out["notes"] == []
     assert out["fusion"]["n"] == len(records(env, "train"))
     val = records(env, "val")
     probs = np.stack([hand_probs(env.a, [r.path for r in val]),
@@ -198,6 +200,41 @@ def test_learned_ensemblers_fit_on_the_fit_split_only(env, invoke, tmp_path, met
             np.testing.assert_allclose(saved[key], value, atol=1e-3)
         else:
             assert saved[key] == value
+
+
+def test_ensemble_table_names_run_folders_shows_weights_and_labels_its_figures(
+        env, invoke, tmp_path, monkeypatch):
+    import shutil
+
+    from covidzoo import plots
+
+    runs = []
+    for name, checkpoint in (("run-a", env.a), ("run-b", env.b)):
+        (tmp_path / name).mkdir()
+        runs.append(shutil.copy(checkpoint, tmp_path / name / "best.safetensors"))
+    drawn = {}
+
+    def capture(path, curves, **kwargs):
+        drawn.update(labels=[c.label for c in curves], title=kwargs.get("title"))
+        return Path(path)
+
+    monkeypatch.setattr(plots, "save_roc_png", capture)
+    result = invoke("ensemble", *map(str, runs), "--data", str(env.data), "--method",
+                    "weighted", "--device", "cpu", "--roc", str(tmp_path / "roc.png"))
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "run-a *" in text and "run-b *" in text and "best.safetensors" not in text
+    assert "weighted fusion" in text and "(cross-fitted) *" in text  # the row may wrap
+    assert "cross-fitted over 3 folds" in text and "IN-SAMPLE" not in text
+    assert "weight" in text and "per fold" in text
+    assert "note: selection-biased (*)" in text
+    assert drawn["labels"] == ["run-a", "run-b", "weighted fusion (cross-fitted)"]
+    out = run_json(invoke, "ensemble", *map(str, runs), "--data", str(env.data), "--method",
+                   "weighted", "--split", "train")
+    assert [m["name"] for m in out["members"]] == ["run-a", "run-b"]
+    assert [m["weight"] for m in out["members"]] == out["weights"] == \
+        out["ensembler"]["weights"]
+    assert out["estimate"] == "held-out" and out["notes"] == []
 
 
 def test_members_can_mix_2d_and_3d_models(env, invoke, tmp_path):
@@ -380,3 +417,72 @@ def test_a_safetensors_header_length_like_pickle_magic_is_still_read(env, tmp_pa
             break
     assert path.read_bytes()[0] == 0x80
     assert read_spec(path).threshold == 0.25
+
+
+# --- issue 21: a prepared cache, sizes, digits, progress ----------------------------------------
+
+
+def test_evaluate_reads_a_prepared_cache_made_as_the_model_records(env, invoke, runner,
+                                                                    tmp_path):
+    cache = tmp_path / "cache"
+    prepared = invoke("data", "prepare", str(env.data), "--out", str(cache), "--size",
+                      "8,32,32", "--no-progress")
+    assert prepared.exit_code == 0, prepared.output
+    from_cache = run_json(invoke, "evaluate", str(env.a), "--cache", str(cache))
+    from_data = run_json(invoke, "evaluate", str(env.a), "--data", str(env.data))
+    assert from_cache["data"] == str(cache) and from_cache["split"] == "val"
+    assert from_cache["metrics"] == from_data["metrics"]
+    # b was trained on 16x32x32 scans: one line names the difference.
+    line = fails(runner, "evaluate", str(env.b), "--cache", str(cache))
+    assert line == (f"Error: --cache {cache}: its scans were prepared with size 8,32,32, "
+                    "b.safetensors with size 16,32,32; prepare a cache with the model's "
+                    "preprocessing, or give --data or --manifest")
+    assert "give one of --data, --cache" in fails(runner, "evaluate", str(env.a), "--cache",
+                                                  str(cache), "--data", str(env.data))
+
+
+def test_a_model_too_small_for_its_recorded_scans_is_refused_in_one_line(env, runner, tmp_path):
+    small = make_checkpoint(tmp_path / "small.safetensors", (4, 4, 4), seed=0)
+    for command in (("evaluate", str(small), "--data", str(env.data)),
+                    ("predict", str(small), str(records(env, "val")[0].path))):
+        line = fails(runner, *command)
+        assert line.startswith(f"Error: {small}: scans of 4x4x4 are too small for 'regnet3d'")
+
+
+def test_predict_shows_enough_digits_to_tell_probability_from_threshold(env, invoke, tmp_path):
+    """An untrained model's probabilities sit near its threshold: a row labelled non-covid must
+    not show the same number as the threshold."""
+    scan = str(records(env, "val")[0].path)
+    probability = run_json(invoke, "predict", str(env.a), scan)["predictions"][0]["probability"]
+    near = make_checkpoint(tmp_path / "near.safetensors", (8, 32, 32), seed=0,
+                           threshold=probability + 3e-6)  # env.a's model, threshold just above
+    out = run_json(invoke, "predict", str(near), scan)
+    assert out["predictions"][0]["label"] == "non-covid"
+    assert out["predictions"][0]["threshold"] == probability + 3e-6  # full precision in JSON
+    table = invoke("predict", str(near), scan, "--device", "cpu").stdout
+    row = next(line for line in table.splitlines() if "non-covid" in line)
+    shown_p, shown_t = [cell.strip() for cell in row.split("│")[2:5:2]]
+    assert shown_p != shown_t and float(shown_p) < float(shown_t)
+    assert abs(float(shown_p) - probability) < 1e-5
+
+
+def test_inference_shows_progress_where_a_person_watches(env, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from covidzoo import progress
+    from covidzoo.evaluation import evaluate, predict
+
+    screen = io.StringIO()
+    monkeypatch.setattr(progress, "shows", lambda: True)
+    monkeypatch.setattr(progress, "_console",
+                        lambda: Console(file=screen, force_terminal=True, width=160))
+    evaluate(env.a, data=env.data, device="cpu", progress=True)
+    assert "scoring" in screen.getvalue() and "6/6" in screen.getvalue()
+    scans = [r.path for r in records(env, "val")]
+    predict(env.a, scans, device="cpu", progress=True)
+    assert "predicting" in screen.getvalue() and f"{len(scans)}/{len(scans)}" in screen.getvalue()
+    screen.truncate(0)
+    predict(env.a, scans, device="cpu")  # progress off: nothing drawn
+    assert screen.getvalue().strip("\x00") == ""

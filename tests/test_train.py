@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -244,6 +245,44 @@ def test_staged_fine_tuning_freezes_then_opens_the_last_layers(dataset, tmp_path
     assert all(n.startswith("backbone.branches.") for n in opened)
 
 
+def _branch_norm_stats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: b.clone() for n, b in model.named_buffers() if n.startswith("backbone.branches.")}
+
+
+@pytest.mark.parametrize("frozen_bn", ["eval", "train"])
+def test_a_frozen_epoch_leaves_frozen_batchnorm_statistics_bit_identical(
+        dataset, tmp_path, monkeypatch, capsys, frozen_bn):
+    """--frozen-bn eval (the default): the frozen branches run in inference mode, so their
+    BatchNorm running statistics are exactly what they were; --frozen-bn train updates them."""
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+    original = Trainer._train_epoch
+
+    def record(self, state, epoch):
+        seen["before"] = _branch_norm_stats(state.model)
+        result = original(self, state, epoch)
+        seen["after"] = _branch_norm_stats(state.model)
+        seen["head"] = {n: m.training for n, m in state.model.named_modules()
+                        if n.startswith("backbone.projections.")}
+        return result
+
+    monkeypatch.setattr(Trainer, "_train_epoch", record)
+    cfg = config(dataset, tmp_path / "frozen", backbone="resdense2d",
+                 model_args={"backbones": ("resnet10t", "resnet14t"), "proj_channels": 16},
+                 size=(3, 64, 64), epochs=1, freeze_epochs=1, frozen_bn=frozen_bn)
+    train(cfg, quiet=True)
+    before, after = seen["before"], seen["after"]
+    assert before.keys() == after.keys() and any("running_mean" in n for n in before)
+    same = all(torch.equal(before[n], after[n]) for n in before)
+    assert same == (frozen_bn == "eval")
+    assert all(seen["head"].values())  # the trainable projections still train
+    assert "freezes the randomly initialised backbones" in capsys.readouterr().err
+
+
+def test_frozen_bn_must_be_eval_or_train(dataset, tmp_path):
+    with pytest.raises(BadInputError, match="--frozen-bn"):
+        Trainer(config(dataset, tmp_path / "run", frozen_bn="fixed"))
+
+
 def test_freeze_epochs_need_a_backbone_that_supports_it(dataset, tmp_path):
     with pytest.raises(BadInputError, match="no staged fine-tuning"):
         train(config(dataset, tmp_path / "run", freeze_epochs=1), quiet=True)
@@ -341,3 +380,114 @@ def test_default_workers_none_on_cpu_and_shared_between_local_ranks(monkeypatch)
     assert default_workers(torch.device("cuda")) == 3
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     assert default_workers(torch.device("cuda")) == 1
+
+
+# --- what the log says is what ran (issue 21) ----------------------------------------------------
+
+
+def _no_data_preparation(monkeypatch):
+    def prepared(self, size):
+        raise AssertionError("the data was prepared before the size was checked")
+
+    monkeypatch.setattr(Trainer, "_load_data", prepared)
+
+
+@pytest.mark.parametrize(("backbone", "model_args", "size", "message"), [
+    ("regnet3d", TINY, (8, 8, 8), "scans of 8x8x8 are too small for 'regnet3d': it reduces "
+                                  "32x32x32"),
+    ("resdense2d", {"backbones": ("resnet18", "densenet121"), "proj_channels": 16}, (2, 16, 16),
+     "scans of 2x16x16 are too small for 'resdense2d'"),
+    ("resdense2d", {"backbones": ("resnet18", "densenet121"), "proj_channels": 16}, (2, 32, 20),
+     "scans of 2x32x20 do not fit 'resdense2d': "),
+])
+def test_a_scan_size_too_small_is_refused_before_any_work(dataset, tmp_path, monkeypatch,
+                                                          backbone, model_args, size, message):
+    _no_data_preparation(monkeypatch)
+    cfg = config(dataset, tmp_path / "run", backbone=backbone, model_args=model_args, size=size)
+    with pytest.raises(BadInputError, match=message.replace("(", r"\(")):
+        train(cfg, quiet=True)
+
+
+def test_a_thin_scan_above_the_reduction_in_some_dimension_trains(dataset, tmp_path):
+    """8x32x32 for a network reducing 32x32x32: thin, but not all padding."""
+    summary = train(config(dataset, tmp_path / "thin", size=(8, 32, 32), epochs=1), quiet=True)
+    assert summary["size"] == [8, 32, 32]
+
+
+def test_size_must_agree_with_the_cache(dataset, tmp_path, runner):
+    from covidzoo.cli import cli
+    from covidzoo.data import PreprocessConfig, find_scans, prepare_cache
+
+    cache = tmp_path / "cache"
+    prepare_cache(find_scans(root=dataset), cache, PreprocessConfig(size=SIZE), workers=0,
+                  progress=False)
+    with pytest.raises(BadInputError, match=r"--size 8x32x32 differs from the scans of --cache"):
+        train(config(dataset, tmp_path / "run", data=None, cache=str(cache), size=(8, 32, 32)),
+              quiet=True)
+    result = runner.invoke(cli, ["train", "regnet3d", "--cache", str(cache), "--size", "8,32,32",
+                                 "--device", "cpu"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"Error: --size 8x32x32 differs from the scans of --cache {cache} (16x32x32); leave "
+        "--size out, or prepare a cache of that size"]
+    summary = train(config(dataset, tmp_path / "same", data=None, cache=str(cache), size=SIZE,
+                           epochs=1), quiet=True)
+    assert summary["size"] == list(SIZE)
+
+
+def test_resume_without_out_continues_the_latest_run_of_the_backbone(dataset, tmp_path,
+                                                                     monkeypatch, capsys):
+    import os
+    from dataclasses import replace
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BadInputError, match=r"--resume: no regnet3d run under runs/ to "
+                                            "continue; give --out"):
+        train(replace(config(dataset, "", resume=True), out=None), quiet=True)
+    for name in ("regnet3d-older", "regnet3d-newer"):
+        train(config(dataset, Path("runs") / name, epochs=1), quiet=True)
+    (tmp_path / "runs" / "notes").mkdir()
+    (tmp_path / "runs" / "notes" / "last.safetensors").write_text("not a checkpoint")
+    older = tmp_path / "runs" / "regnet3d-older" / "last.safetensors"
+    os.utime(older, (older.stat().st_atime, older.stat().st_mtime + 60))  # written last
+    capsys.readouterr()
+    summary = train(replace(config(dataset, "", resume=True, epochs=2), out=None))
+    assert summary["out"] == str(Path("runs") / "regnet3d-older") and summary["epochs_run"] == 2
+    assert ("--resume: continuing runs/regnet3d-older, the latest regnet3d run under runs/"
+            in capsys.readouterr().err)
+    assert [r["epoch"] for r in metrics_rows(tmp_path / "runs" / "regnet3d-older")] == [1, 2]
+
+
+# --- what people read (issue 21) -----------------------------------------------------------------
+
+
+def test_the_summary_rounds_and_names_the_split_that_chose_the_epoch(dataset, tmp_path, invoke):
+    args = ["train", "regnet3d", "--depths", "1,1,1,1", "--widths", "8,16,16,32",
+            "--stem-width", "8", "--data", str(dataset), "--size", "16,32,32", "--epochs", "1",
+            "--batch-size", "3", "--device", "cpu"]
+    summary = json.loads(invoke(*args, "--out", str(tmp_path / "a"), "--json").stdout)
+    assert summary["n_val"] == 4
+    line = invoke(*args, "--out", str(tmp_path / "b")).stdout.strip()
+    from covidzoo.values import format_number
+
+    assert f"best AUC {format_number(summary['best_val_auc'])} at epoch 1, on the validation " \
+           "split (4 scans; this split chose the epoch, so the figure is optimistic)" in line
+    assert not re.search(r"\d\.\d{5,}", line), line  # no raw floats
+
+
+def test_the_epoch_shows_steps_scans_per_second_and_the_running_loss(dataset, tmp_path,
+                                                                      monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from covidzoo import progress
+
+    screen = io.StringIO()
+    monkeypatch.setattr(progress, "shows", lambda: True)
+    monkeypatch.setattr(progress, "_console",
+                        lambda: Console(file=screen, force_terminal=True, width=160))
+    train(config(dataset, tmp_path / "run", epochs=1))
+    text = screen.getvalue()
+    assert "epoch 1/1" in text and "2/2" in text and "scans/s" in text
+    assert re.search(r"loss \d\.\d{3}", text), text

@@ -18,6 +18,7 @@ from .options import (
     parse_size,
     print_json,
     print_table,
+    threads_option,
 )
 
 ALL_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -104,7 +105,7 @@ def rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
 @device_option
 @click.option("--warmup", default=5, show_default=True, help="Untimed steps first.")
 @click.option("--iters", default=20, show_default=True, help="Timed steps.")
-@click.option("--threads", type=int, help="torch CPU threads.  [default: torch's]")
+@threads_option
 @click.option("--model-arg", "model_arg", multiple=True, metavar="KEY=VALUE",
               help="Backbone keyword argument, value as JSON (repeatable): depths=[1,1].")
 @click.option("--aggregator-arg", "aggregator_arg", multiple=True, metavar="KEY=VALUE",
@@ -124,7 +125,7 @@ def rows(results: Sequence[dict[str, Any]]) -> list[list[Any]]:
 def bench(patterns: tuple[str, ...], mode: str | None, precision_text: str | None,
           channels_last: bool, compile_mode: str | None, fold_bn: bool, cudnn_benchmark: bool,
           batch_size: int | None, input_size: str | None, device: str | None, warmup: int,
-          iters: int, threads: int | None, model_arg: tuple[str, ...],
+          iters: int, model_arg: tuple[str, ...],
           aggregator_arg: tuple[str, ...], baseline: bool, isolate: bool | None, e2e: bool,
           cache: Path | None, workers: int | None, json_path: str | None, csv_path: str | None,
           **options: Any) -> None:
@@ -136,6 +137,8 @@ def bench(patterns: tuple[str, ...], mode: str | None, precision_text: str | Non
     the same model and mode. Out of memory, the batch size decays and the table shows the batch
     that fit.
     """
+    import torch
+
     from ..bench import BenchConfig, run_benchmarks, write_csv, write_json
     from ..factory import get_component, list_models
     from ..runtime import resolve_device, valid_precisions
@@ -157,7 +160,8 @@ def bench(patterns: tuple[str, ...], mode: str | None, precision_text: str | Non
         fold_bn=fold_bn, cudnn_benchmark=cudnn_benchmark, batch_size=batch_size,
         input_size=size, device=device, warmup=warmup, iters=iters,
         aggregator_args=parse_key_values("--aggregator-arg", aggregator_arg),
-        e2e_cache=None if cache is None else str(cache), workers=workers, threads=threads,
+        e2e_cache=None if cache is None else str(cache), workers=workers,
+        threads=torch.get_num_threads(),  # as --threads resolved it, for isolated runs too
     )
     configs = []
     for name in names:

@@ -8,7 +8,7 @@ import click
 
 from ..errors import BadInputError, CovidzooError
 from ..factory import DEFAULT_SCAN_SIZE
-from .options import parse_size, print_json, print_table, workers_option
+from .options import parse_size, print_json, print_table, threads_option, workers_option
 
 
 def parse_window(text: str) -> tuple[float, float]:
@@ -75,6 +75,7 @@ def synth(out: Path, n: int, seed: int, fmt: str, shape: str, as_json: bool) -> 
 @click.option("--val-split", type=float, help="Move this stratified fraction of train to val.")
 @click.option("--seed", default=0, show_default=True, help="Seed of --val-split.")
 @workers_option
+@threads_option
 @click.option("--strict", is_flag=True, help="Stop at the first scan that fails.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -123,7 +124,7 @@ def prepare(root: Path, out: Path, size: str | None, window: str, crop_slices: f
 @click.argument("scan", type=click.Path(path_type=Path))
 @click.option("--series", help="SeriesInstanceUID to read when a folder holds several.")
 @click.option("--png", type=click.Path(path_type=Path),
-              help="Write axial/coronal/sagittal mid-slices to this PNG.")
+              help="Write labelled axial, coronal and sagittal cuts to this PNG.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def inspect(scan: Path, series: str | None, png: Path | None, as_json: bool) -> None:
     """Describe one scan: format, series, shape, spacing, value range, ordering warnings."""
@@ -133,9 +134,10 @@ def inspect(scan: Path, series: str | None, png: Path | None, as_json: bool) -> 
     summary = volume.summary()
     if png is not None:
         from ..data.montage import montage
+        from ..fileio import atomic_write
 
-        png.parent.mkdir(parents=True, exist_ok=True)
-        montage(volume).save(png)  # type: ignore[attr-defined]
+        image = montage(volume)
+        atomic_write(png, lambda tmp: image.save(tmp, format="PNG"))  # type: ignore[attr-defined]
         summary["png"] = str(png)
     if as_json:
         print_json(summary)

@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from .options import data_options, print_json, print_table, runtime_options
+from ..values import format_apart, format_number
+from .options import cache_option, data_options, print_json, print_table, runtime_options
 
 # The splits a command can evaluate or fit on; "all" is every scan.
 SPLITS = ("train", "val", "test", "all")
@@ -22,7 +23,7 @@ SPLITS = ("train", "val", "test", "all")
 def _fmt(value: Any) -> str:
     if value is None:
         return "undefined"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
+    return format_number(value) if isinstance(value, float) else str(value)
 
 
 def _report_failed(failed: Sequence[tuple[str, str]]) -> None:
@@ -39,6 +40,7 @@ def _report_failed(failed: Sequence[tuple[str, str]]) -> None:
 @click.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @data_options
+@cache_option
 @click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True,
               help="Scans to evaluate.")
 @click.option("--threshold", default="checkpoint", show_default=True,
@@ -53,9 +55,9 @@ def _report_failed(failed: Sequence[tuple[str, str]]) -> None:
 @runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate(model: Path, data_root: Path | None, manifest: Path | None, workers: int | None,
-             split: str, threshold: str, bootstrap: int, seed: int, roc: Path | None,
-             predictions: Path | None, device: str | None, precision: str, batch_size: int,
-             as_json: bool) -> None:
+             cache: Path | None, split: str, threshold: str, bootstrap: int, seed: int,
+             roc: Path | None, predictions: Path | None, device: str | None, precision: str,
+             batch_size: int, as_json: bool) -> None:
     """Metrics of a checkpoint or ensemble file MODEL on labelled scans.
 
     The threshold is the one stored with the model, chosen on validation data; --threshold
@@ -66,7 +68,7 @@ def evaluate(model: Path, data_root: Path | None, manifest: Path | None, workers
     report = run_evaluation(
         model, data=data_root, manifest=manifest, split=split, threshold=threshold,
         bootstrap=bootstrap, seed=seed, device=device, precision=precision,
-        batch_size=batch_size, workers=workers, progress=not as_json)
+        batch_size=batch_size, workers=workers, progress=not as_json, cache=cache)
     roc = None if roc is None else report.save_roc(roc)
     if predictions is not None:
         report.save_predictions(predictions)
@@ -89,7 +91,7 @@ def evaluate(model: Path, data_root: Path | None, manifest: Path | None, workers
 def _print_report(title: str, report: dict[str, Any], chosen: Any) -> None:
     cm = report["confusion_matrix"]
     rows = [
-        ("threshold", f"{chosen.value:.4f} ({chosen.source}: {chosen.note})"),
+        ("threshold", f"{format_number(chosen.value)} ({chosen.source}: {chosen.note})"),
         ("scans", f"{report['n']} ({report['n_covid']} covid, {report['n_non_covid']} non-covid)"),
         ("AUC", _fmt(report["auc"])),
         ("F1 (covid)", _fmt(report["f1"])),
@@ -104,7 +106,8 @@ def _print_report(title: str, report: dict[str, Any], chosen: Any) -> None:
     if boot:
         for key, name in (("auc", "AUC"), ("macro_f1", "macro F1")):
             ci = boot[key]
-            text = "undefined" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+            text = ("undefined" if ci is None
+                    else f"[{format_number(ci[0])}, {format_number(ci[1])}]")
             rows.append((f"{name} {boot['level']:.0%} CI", f"{text} ({boot['n_boot']} resamples)"))
     print_table(title, ["metric", "value"], rows)
 
@@ -119,29 +122,36 @@ def _print_report(title: str, report: dict[str, Any], chosen: Any) -> None:
               help="A registered ensembler: mean, weighted, rank, stacking, or a plugin's.")
 @click.option("--fit-split", type=click.Choice(SPLITS), default="val", show_default=True,
               help="Scans the ensembler and its Youden threshold are fit on.")
-@click.option("--split", type=click.Choice(SPLITS), default="val", show_default=True,
+@click.option("--split", type=click.Choice(SPLITS), default=None, show_default="test if the "
+              "data has labelled test scans, else the fit split (cross-fitted)",
               help="Scans the members and the fusion are scored on.")
+@click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2),
+              help="Stratified folds for cross-fitting where scored scans are in the fit split.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the cross-fitting folds.")
 @click.option("--save", type=click.Path(path_type=Path),
               help="Write the fitted ensemble to this JSON file (for predict and evaluate).")
 @click.option("--roc", type=click.Path(path_type=Path),
-              help="Write the ROC curves (members grey, fusion red) to this PNG.")
+              help="Write the ROC curves (members in colour, fusion black) to this PNG.")
 @runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def ensemble(checkpoints: tuple[Path, ...], data_root: Path | None, manifest: Path | None,
-             workers: int | None, method: str, fit_split: str, split: str, save: Path | None,
-             roc: Path | None, device: str | None, precision: str, batch_size: int,
-             as_json: bool) -> None:
+             workers: int | None, method: str, fit_split: str, split: str | None, folds: int,
+             seed: int, save: Path | None, roc: Path | None, device: str | None,
+             precision: str, batch_size: int, as_json: bool) -> None:
     """Fuse the covid probabilities of CHECKPOINTS and compare the fusion with each member.
 
     The ensembler is fit on --fit-split and the threshold is the Youden point of the fused
-    probabilities there; members are scored at their own Youden points of the same split.
+    probabilities there (what --save writes); members get their own Youden points there. The
+    figures are held out (scored on another split, by default the labelled test split) or,
+    for scored scans of the fit split, cross-fitted over --folds; never in-sample unless a
+    class has a single scan, and then labelled so. Members are named by their run folders.
     """
     from ..evaluation import fit_ensemble
 
     report = fit_ensemble(
         checkpoints, method=method, data=data_root, manifest=manifest, fit_split=fit_split,
-        split=split, device=device, precision=precision, batch_size=batch_size,
-        workers=workers, progress=not as_json)
+        split=split, folds=folds, seed=seed, device=device, precision=precision,
+        batch_size=batch_size, workers=workers, progress=not as_json)
     if save is not None:
         report.save(save)
     roc = None if roc is None else report.save_roc(roc)
@@ -152,18 +162,43 @@ def ensemble(checkpoints: tuple[Path, ...], data_root: Path | None, manifest: Pa
                     "roc": None if roc is None else str(roc), "notes": notes})
         return
     _report_failed(report.data.failed)
-    table = [(path.name, _fmt(r["auc"]), _fmt(r["f1"]), _fmt(r["macro_f1"]),
-              _fmt(r["threshold"]))
-             for path, r in zip(report.checkpoints, report.member_reports, strict=True)]
-    fusion = report.fusion
-    table.append((f"{method} fusion", _fmt(fusion["auc"]), _fmt(fusion["f1"]),
-                  _fmt(fusion["macro_f1"]), _fmt(report.threshold)))
-    print_table(f"{len(report.members)} members on {report.data.source} ({split}); fit on "
-                f"{fit_split}", ["model", "AUC", "F1", "macro F1", "threshold"], table)
+    print_table(_ensemble_title(report), _ensemble_header(report), _ensemble_rows(report))
     if save is not None:
         click.echo(f"saved {save}")
-    for note in report.notes + [f"{k}: {v}" for k, v in fusion["undefined"].items()]:
+    for note in report.notes + [f"{k}: {v}" for k, v in report.fusion["undefined"].items()]:
         click.echo(f"note: {note}")
+
+
+def _ensemble_title(report: Any) -> str:
+    how = {"held-out": "held out",
+           "cross-fitted": f"cross-fitted over {report.folds} folds",
+           "in-sample": "IN-SAMPLE, optimistic"}[report.estimate]
+    return (f"{len(report.members)} members on {report.data.source} ({report.split}); fit on "
+            f"{report.fit_split}; {how}")
+
+
+def _ensemble_header(report: Any) -> list[str]:
+    weight = [] if report.weights is None else ["weight"]
+    return ["model", *weight, "AUC", "F1", "macro F1", "threshold"]
+
+
+def _ensemble_rows(report: Any) -> list[tuple[str, ...]]:
+    """One row per member (`*`: selection-biased, see the notes) and one for the fusion."""
+    def threshold(r: dict[str, Any]) -> str:
+        return "per fold" if r["threshold"] is None else _fmt(r["threshold"])
+
+    def metrics(r: dict[str, Any]) -> tuple[str, ...]:
+        return _fmt(r["auc"]), _fmt(r["f1"]), _fmt(r["macro_f1"]), threshold(r)
+
+    mark = " *" if report.selection_biased else ""
+    weights = report.weights
+    rows = [(name + mark, *([] if weights is None else [f"{weights[k]:.3f}"]), *metrics(r))
+            for k, (name, r) in enumerate(zip(report.names, report.member_reports,
+                                              strict=True))]
+    total = [] if weights is None else [""]
+    rows.append((f"{report.method} fusion ({report.estimate}){mark}", *total,
+                 *metrics(report.fusion)))
+    return rows
 
 
 # --- predict -----------------------------------------------------------------------------------
@@ -187,7 +222,7 @@ def predict(model: Path, scans: tuple[Path, ...], csv_path: Path | None, device:
     from ..evaluation import predict as run_prediction
 
     report = run_prediction(model, scans, device=device, precision=precision,
-                            batch_size=batch_size)
+                            batch_size=batch_size, progress=not as_json)
     if csv_path is not None:
         report.save_csv(csv_path)
     if as_json:
@@ -197,9 +232,11 @@ def predict(model: Path, scans: tuple[Path, ...], csv_path: Path | None, device:
     chosen = report.threshold
     if chosen.source == "default":
         click.echo(f"note: {chosen.note}", err=True)
-    print_table(None, ["scan", "probability", "label", "threshold"],
-                [(p.scan, f"{p.probability:.4f}", p.label, f"{chosen.value:.4f}")
-                 for p in report.predictions])
+    rows = []
+    for p in report.predictions:  # as many digits as tell each probability from the threshold
+        probability, threshold = format_apart(p.probability, chosen.value)
+        rows.append((p.scan, probability, p.label, threshold))
+    print_table(None, ["scan", "probability", "label", "threshold"], rows)
 
 
 __all__ = ["ensemble", "evaluate", "predict"]

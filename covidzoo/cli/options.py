@@ -1,6 +1,8 @@
 """What the built-in commands share: option parsers, the options several commands take (one
-definition each: --device, --workers, --precision, the data source, KEY=VALUE arguments), JSON
-output, rich tables and a group with a default command."""
+definition each: --device, --workers, --threads, --precision, the data source, KEY=VALUE
+arguments), JSON output, rich tables and a group with a default command.
+
+Every command that computes takes `threads_option`, a plugin's command too."""
 
 from __future__ import annotations
 
@@ -71,6 +73,23 @@ def workers_option(function: F) -> F:
              "[default: 0 on CPU, up to 8 on CUDA]")(function)
 
 
+def _apply_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int:
+    from ..runtime import apply_threads
+
+    return apply_threads(value)
+
+
+def threads_option(function: F) -> F:
+    """--threads: torch's CPU threads, resolved and applied while the command line is parsed
+    (`covidzoo.runtime.apply_threads`), so the command's own signature does not take it;
+    `torch.get_num_threads()` gives the number from then on."""
+    return click.option(
+        "--threads", type=click.IntRange(min=1), metavar="N", expose_value=False,
+        callback=_apply_threads,
+        help="CPU threads of torch.  [default: OMP_NUM_THREADS if set, else the cores other "
+             "processes leave free, at least 1]")(function)
+
+
 def precision_option(function: F) -> F:
     """--precision for train, evaluate, ensemble and predict (bench takes a list)."""
     return click.option("--precision", default="auto", show_default=True,
@@ -91,13 +110,22 @@ def data_options(function: F) -> F:
     ])
 
 
+def cache_option(function: F) -> F:
+    """--cache: a cache made by `covidzoo data prepare`, instead of --data or --manifest."""
+    return click.option(
+        "--cache", type=click.Path(path_type=Path), metavar="DIR",
+        help="A cache made by `covidzoo data prepare` (instead of --data/--manifest), used as "
+             "it is: it must be prepared as the model's checkpoint records.")(function)
+
+
 def runtime_options(function: F) -> F:
-    """--device / --precision / --batch-size: how models run for inference."""
+    """--device / --precision / --batch-size / --threads: how models run for inference."""
     return _apply(function, [
         device_option,
         precision_option,
         click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1),
                      help="Scans per forward pass."),
+        threads_option,
     ])
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from ..values import format_number
 from . import options as opt
 
 
@@ -44,13 +45,19 @@ from . import options as opt
               help="Staged fine-tuning: epochs with the backbones frozen.")
 @click.option("--unfreeze-last", type=click.IntRange(min=0), default=0, show_default=True,
               help="Staged fine-tuning: layers of each backbone unfrozen afterwards.")
+@click.option("--frozen-bn", type=click.Choice(["eval", "train"]), default="eval",
+              show_default=True,
+              help="Staged fine-tuning: BatchNorms of frozen layers keep their running "
+                   "statistics (eval) or normalise with batch statistics and update them (train).")
 @click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Fraction of scans held out for validation when the data has no val split.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(), help="Run folder (default runs/BACKBONE-TIME).")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from last.safetensors.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from last.safetensors "
+              "(without --out: the latest BACKBONE run under runs/).")
 @opt.device_option
 @opt.workers_option
+@opt.threads_option
 @click.option("--patience", type=click.IntRange(min=1), help="Early stopping patience (epochs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def train(backbone: str, model_arg: tuple[str, ...], aggregator_arg: tuple[str, ...],
@@ -82,8 +89,10 @@ def train(backbone: str, model_arg: tuple[str, ...], aggregator_arg: tuple[str, 
         opt.print_json(summary)
         return
     click.echo(
-        f"{summary['backbone']}: best val AUC {summary['best_val_auc']} at epoch "
-        f"{summary['best_epoch']} ({summary['epochs_run']}/{summary['epochs']} epochs, scans "
+        f"{summary['backbone']}: best AUC {format_number(summary['best_val_auc'])} at epoch "
+        f"{summary['best_epoch']}, on the validation split ({summary['n_val']} scans; this split "
+        "chose the epoch, so the figure is optimistic). "
+        f"{summary['epochs_run']}/{summary['epochs']} epochs, scans "
         f"{'x'.join(map(str, summary['size']))}, {summary['precision']} on {summary['device']}, "
-        f"{summary['train_time_s']:.0f} s) -> {summary['out']}"
+        f"{summary['train_time_s']:.0f} s -> {summary['out']}"
     )

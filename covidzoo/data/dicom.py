@@ -132,21 +132,40 @@ def _decoded_pixels(path: Path) -> np.ndarray:
     return np.asarray(array).reshape(frames, int(ds.Rows), int(ds.Columns))
 
 
-def _read_file(path: Path, strict: bool) -> _Slice | None:
-    """One DICOM file; None when it is no image file and `strict` is off (a folder's extras)."""
+class _CutShort(Exception):
+    """pydicom read a file that ends early without complaint; this says where it ended."""
+
+
+def _check_complete(ds: Any) -> None:
+    """Raise `_CutShort` when `ds` (read up to the pixel data) ends early: nothing after the
+    file meta, or a last data element shorter than its stated length."""
+    if len(ds) == 0:
+        raise _CutShort("cut short: no data set after the file meta information")
+    last = ds.get_item(max(ds.keys()))
+    length, value = getattr(last, "length", None), getattr(last, "value", None)
+    if isinstance(value, bytes) and length not in (None, 0xFFFFFFFF) and len(value) < length:
+        raise _CutShort(f"cut short inside element {last.tag}: {len(value)} of {length} bytes")
+
+
+def _read_file(path: Path, strict: bool) -> _Slice | str | None:
+    """One DICOM file. In a folder (`strict` off) a file that is not DICOM is None, one of the
+    folder's extras, unless its name ends in `.dcm`; a whole DICOM file without an image is a
+    string saying so (a warning). Anything else unreadable is a `BadInputError`."""
     import pydicom
 
     try:
         with open(path, "rb") as fp:
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
             if "Rows" not in ds or "Columns" not in ds:
+                _check_complete(ds)
                 if strict:
                     raise BadInputError(f"{path}: DICOM file without an image")
-                return None
+                kind = getattr(ds.get("SOPClassUID"), "name", None)
+                return f"{path.name}" + (f" ({kind})" if kind else "")
             pixels = _raw_pixels(fp, ds, path)
     except BadInputError:
         raise
-    except Exception as exc:  # InvalidDicomError, EOFError, struct.error, OSError, ...
+    except Exception as exc:  # InvalidDicomError, EOFError, struct.error, OSError, _CutShort...
         if strict or path.suffix.lower() == ".dcm":
             reason = one_line(exc, with_type=False)
             raise BadInputError(f"{path}: not a readable DICOM file ({reason})") from exc
@@ -245,8 +264,9 @@ def read_dicom(
     """Read a DICOM series folder (or one DICOM file) into a HU `Volume`.
 
     In a folder, files that are not DICOM are ignored, except a `.dcm` file that does not
-    parse, which is an error. Several series: the one with the most slices is read (and a
-    warning says so) unless `series` names a SeriesInstanceUID. Slices are ordered by
+    parse or ends early, which is an error; whole DICOM files without an image (a report, a
+    DICOMDIR) are skipped with a warning. Several series: the one with the most slices is read
+    (and a warning says so) unless `series` names a SeriesInstanceUID. Slices are ordered by
     ImagePositionPatient projected on the slice normal, by InstanceNumber only when geometry is
     missing. `workers` threads read the files (default: up to 8).
     """
@@ -261,14 +281,18 @@ def read_dicom(
                 read = list(pool.map(lambda p: _read_file(p, strict=False), files))
         else:
             read = [_read_file(p, strict=False) for p in files]
-        slices = [s for s in read if s is not None]
+        slices = [s for s in read if isinstance(s, _Slice)]
+        no_image = [s for s in read if isinstance(s, str)]
         if not slices:
             raise BadInputError(f"{path}: no readable DICOM slices among {len(files)} file(s)")
     elif path.is_file():
-        slices = [_read_file(path, strict=True)]  # type: ignore[list-item]
+        slices, no_image = [_read_file(path, strict=True)], []  # type: ignore[list-item]
     else:
         raise BadInputError(f"{path}: no such file or folder")
     warnings: list[str] = []
+    if no_image:
+        shown = ", ".join(no_image[:3]) + (", ..." if len(no_image) > 3 else "")
+        warnings.append(f"skipped {len(no_image)} DICOM file(s) without an image: {shown}")
     uid, slices = _pick_series(slices, series, path, warnings)
     return _assemble(slices, uid, path, warnings)
 

@@ -78,14 +78,22 @@ def data_source(data: PathLike | None = None, manifest: PathLike | None = None,
 
 def scan_size(backbone: str, source: DataSource,
               size: tuple[int, int, int] | None = None) -> tuple[int, int, int]:
-    """The scan size of a run: `size` when given, else the cache's, the demo's (`DEMO_SIZE`),
-    or the backbone's default (`covidzoo.factory.default_scan_size`)."""
-    if size is not None:
-        return tuple(size)  # type: ignore[return-value]
+    """The scan size of a run: a cache's own (a `size` that differs is bad input: the cache's
+    scans are what the run trains on), else `size` when given, the demo's (`DEMO_SIZE`), or the
+    backbone's default (`covidzoo.factory.default_scan_size`)."""
     if source.cache is not None:
         from .cache import read_index
 
-        return tuple(read_index(source.cache)["config"]["size"])  # type: ignore[return-value]
+        cached = tuple(read_index(source.cache)["config"]["size"])
+        if size is not None and tuple(size) != cached:
+            raise BadInputError(
+                f"--size {'x'.join(map(str, size))} differs from the scans of --cache "
+                f"{source.cache} ({'x'.join(map(str, cached))}); leave --size out, or prepare "
+                "a cache of that size"
+            )
+        return cached  # type: ignore[return-value]
+    if size is not None:
+        return tuple(size)  # type: ignore[return-value]
     if source.is_demo:
         return DEMO_SIZE
     from ..factory import default_scan_size
