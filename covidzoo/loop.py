@@ -103,12 +103,31 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int) -> float:
 
 def fine_tunable(model: nn.Module) -> Any:
     """The module with the staged fine-tuning API (`freeze_backbones`, `unfreeze_last`): the
-    model itself or the backbone inside its aggregator; None when there is none."""
+    model itself or the backbone inside its aggregator; None when there is none.
+
+    The API sets `requires_grad` only; the trainer puts what it froze in eval mode with
+    `eval_frozen` (unless `--frozen-bn train`). A module that can tell whether its frozen part
+    holds loaded weights says so in a `pretrained` attribute (False: random weights)."""
     model = unwrap_model(model)
     for candidate in (model, getattr(model, "backbone", None)):
         if hasattr(candidate, "freeze_backbones"):
             return candidate
     return None
+
+
+def eval_frozen(module: nn.Module) -> None:
+    """Put the frozen parts of `module` in inference mode: every submodule that has parameters,
+    all of them frozen (`requires_grad` False), goes to eval mode with everything inside it, so
+    its BatchNorms normalise with their running statistics and leave them unchanged, and its
+    dropout is off. Parts with a trainable parameter, and parameter-free modules beside them,
+    keep their mode. `module.train()` undoes this: call it after every `train()`.
+    """
+    for child in module.children():
+        params = list(child.parameters())
+        if params and not any(p.requires_grad for p in params):
+            child.eval()
+        else:
+            eval_frozen(child)
 
 
 def seed_everything(seed: int) -> None:

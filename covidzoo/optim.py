@@ -98,11 +98,19 @@ class NovoGrad(torch.optim.Optimizer):
 
     Per parameter tensor ("layer") `w` with gradient `g`, at step t:
 
-        v_t = beta2 * v_{t-1} + (1 - beta2) * ||g_t||^2     (v_1 = ||g_1||^2)
+        v_t = beta2 * v_{t-1} + (1 - beta2) * ||g_t||^2     (v_t = ||g_t||^2 while v_{t-1} = 0)
         d_t = g_t / (sqrt(v_t) + eps) + weight_decay * w_{t-1}
         m_t = beta1 * m_{t-1} + c * d_t                     (m_0 = 0; c = 1 - beta1 with
                                                              grad_averaging, else 1)
         w_t = w_{t-1} - lr * m_t
+
+    The second moment starts at 0 and is *set* rather than averaged while it is still exactly
+    0, as MONAI's `Novograd` (and NVIDIA's Jasper and OpenSeq2Seq code it follows) does: a
+    tensor whose gradients are all zero at first keeps `v = 0` until its first non-zero
+    gradient, which then sets `v`. This matters with `zero_init_last` (regnet3d's default): the
+    zeroed last BatchNorm of each block stops the gradient of most of the block at step 1, and
+    averaging `(1 - beta2) * ||g_2||^2` into a zero `v` instead would make the step-2 update of
+    those tensors `1 / sqrt(1 - beta2)` (about 7 with beta2 = 0.98) times too large.
 
     `v` is one number per tensor, so the optimizer state is about half of Adam's. With
     `amsgrad`, the running maximum of `v` replaces `v` in the denominator. The weight decay is
@@ -162,9 +170,8 @@ class NovoGrad(torch.optim.Optimizer):
 
     def _state(self, p: torch.Tensor, norm_sq: torch.Tensor,
                group: dict[str, Any]) -> dict[str, Any]:
-        """The state of `p`, created on its first step. The second moments and `updates` (how
-        many updates happened, on the device) are float32 whatever `load_state_dict` cast them
-        to; a state saved before `updates` existed had every step applied."""
+        """The state of `p`, created on its first step. The second moments are float32
+        whatever `load_state_dict` cast them to."""
         state = self.state[p]
         if "exp_avg" not in state:
             state["step"] = 0
@@ -172,9 +179,7 @@ class NovoGrad(torch.optim.Optimizer):
             state["exp_avg_sq"] = torch.zeros_like(norm_sq)
         if group["amsgrad"] and "max_exp_avg_sq" not in state:
             state["max_exp_avg_sq"] = state["exp_avg_sq"].clone()
-        if "updates" not in state:
-            state["updates"] = torch.tensor(float(state["step"]), device=p.device)
-        for key in ("exp_avg_sq", "max_exp_avg_sq", "updates"):
+        for key in ("exp_avg_sq", "max_exp_avg_sq"):
             if key in state and state[key].dtype != norm_sq.dtype:
                 state[key] = state[key].to(norm_sq.dtype)
         return state
@@ -185,8 +190,9 @@ class NovoGrad(torch.optim.Optimizer):
         outcomes are computed and `torch.where` picks, so the host never reads the flag."""
         beta1, beta2 = group["betas"]
         state = self._state(p, norm_sq, group)
-        # v_1 = ||g_1||^2: the first update that happens sets v, later ones average into it.
-        v = torch.where(state["updates"] == 0, norm_sq,
+        # MONAI's rule: while v is exactly 0 (no update yet, a skipped inf step, or only zero
+        # gradients so far) the squared norm sets it; afterwards it is averaged in.
+        v = torch.where(state["exp_avg_sq"] == 0, norm_sq,
                         state["exp_avg_sq"] * beta2 + (1 - beta2) * norm_sq)
         moments = {"exp_avg_sq": v}
         if group["amsgrad"]:
@@ -201,14 +207,12 @@ class NovoGrad(torch.optim.Optimizer):
                 state[key].copy_(value)
             m.mul_(beta1).add_(direction, alpha=scale)
             p.add_(m, alpha=-group["lr"])
-            state["updates"] += 1
         else:
             for key, value in moments.items():
                 state[key].copy_(torch.where(keep, value, state[key]))
             m_new = m * beta1 + direction * scale
             m.copy_(torch.where(keep, m_new, m))
             p.copy_(torch.where(keep, p - group["lr"] * m_new, p))
-            state["updates"] += keep.to(state["updates"].dtype)
         state["step"] += 1
 
 

@@ -71,6 +71,22 @@ def test_weighted_weights_are_on_the_simplex_and_favour_the_good_member(val):
     assert w[0] > w[1] > w[2] - 1e-9 and w[2] < 0.05  # member 2 is noise
 
 
+def test_weighted_shrinks_towards_equal_weights_on_little_data():
+    """Unregularised, 48 scans put all weight on the best member; the default penalty keeps
+    every useful member in, and it matters less the more scans there are."""
+    labels, probs = members(48, seed=0)
+    free = create_ensembler("weighted", l2=0.0).fit(probs, labels).weights
+    shrunk = create_ensembler("weighted").fit(probs, labels).weights
+    equal = np.full(3, 1 / 3)
+    assert free[0] > 0.99
+    assert np.abs(shrunk - equal).sum() < np.abs(free - equal).sum() - 0.3
+    assert shrunk[1] > 0.1 and shrunk.sum() == pytest.approx(1, abs=1e-12)
+    many_labels, many = members(1000, seed=0)
+    assert create_ensembler("weighted").fit(many, many_labels).weights[0] > 0.99
+    with pytest.raises(BadInputError, match="l2 >= 0"):
+        create_ensembler("weighted", l2=-1.0)
+
+
 @pytest.mark.parametrize("method", ["weighted", "stacking"])
 def test_fit_uses_only_the_fit_data(method, val, test):
     (yv, pv), (yt, pt) = val, test

@@ -57,6 +57,47 @@ def test_novograd_first_step_is_the_normalised_gradient():
     torch.testing.assert_close(w.detach(), torch.tensor([1 - 0.6, -2 - 0.8], dtype=torch.float64))
 
 
+def test_novograd_sets_a_second_moment_that_is_still_zero():
+    """A tensor whose first gradient is exactly zero (zero_init_last): its second moment stays
+    0 and its first non-zero gradient sets it, so that step is the normalised gradient, not
+    1 / sqrt(1 - beta2) times larger."""
+    w = torch.tensor([1.0, -2.0], dtype=torch.float64, requires_grad=True)
+    opt = NovoGrad([w], lr=1.0, betas=(0.9, 0.98))
+    w.grad = torch.zeros(2, dtype=torch.float64)
+    opt.step()
+    assert opt.state[w]["exp_avg_sq"].item() == 0 and w.detach().tolist() == [1.0, -2.0]
+    w.grad = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    opt.step()
+    assert opt.state[w]["exp_avg_sq"].item() == 25
+    torch.testing.assert_close(w.detach(), torch.tensor([1 - 0.6, -2 - 0.8], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("wd", "averaging", "amsgrad"),
+                         [(0.0, False, False), (0.1, True, False), (0.1, False, True)])
+def test_novograd_follows_monai_when_first_gradients_are_zero(wd, averaging, amsgrad):
+    """Step by step against MONAI's Novograd, with one tensor whose gradients are zero for the
+    first two steps (as under zero_init_last) and one with gradients from the start."""
+    monai = pytest.importorskip("monai.optimizers")
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(4, 3, generator=gen, dtype=torch.float64),
+             torch.randn(5, generator=gen, dtype=torch.float64)]
+    grads = [[torch.zeros(4, 3, dtype=torch.float64) if step < 2 else
+              torch.randn(4, 3, generator=gen, dtype=torch.float64),
+              torch.randn(5, generator=gen, dtype=torch.float64)] for step in range(6)]
+    ours = [w.clone().requires_grad_(True) for w in start]
+    theirs = [w.clone().requires_grad_(True) for w in start]
+    kw = dict(lr=0.05, betas=(0.9, 0.98), weight_decay=wd, grad_averaging=averaging,
+              amsgrad=amsgrad)
+    opt, ref = NovoGrad(ours, **kw), monai.Novograd(theirs, **kw)
+    for step in grads:
+        for w, v, g in zip(ours, theirs, step, strict=True):
+            w.grad, v.grad = g.clone(), g.clone()  # MONAI divides the gradient in place
+        opt.step()
+        ref.step()
+        for w, v in zip(ours, theirs, strict=True):  # MONAI keeps v in float32
+            torch.testing.assert_close(w.detach(), v.detach(), rtol=1e-6, atol=1e-8)
+
+
 def test_novograd_amsgrad_keeps_the_largest_second_moment():
     w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
     opt = NovoGrad([w], lr=0.1, betas=(0.0, 0.5), eps=0.0, amsgrad=True)
@@ -146,7 +187,7 @@ def test_novograd_under_a_grad_scaler_unscales_and_skips_inf_steps_on_the_device
         if grads is inf:
             for k, p in params.items():
                 assert p.detach().tolist() == W0[k]
-            assert opt.state[params["a"]]["updates"].item() == 0
+            assert opt.state[params["a"]]["exp_avg_sq"].item() == 0
             continue
         for k, p in reference.items():
             p.grad = torch.tensor(grads[k])

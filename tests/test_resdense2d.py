@@ -111,6 +111,27 @@ def test_freeze_and_unfreeze_change_exactly_the_intended_parameters():
         model.unfreeze_last(-1)
 
 
+def test_eval_frozen_puts_exactly_the_frozen_layers_in_inference_mode():
+    from covidzoo.loop import eval_frozen
+
+    model = small()
+    model.freeze_backbones()
+    model.train()
+    eval_frozen(model)
+    assert not any(m.training for m in model.branches.modules())
+    assert all(m.training for m in model.projections.modules()) and model.head_drop.training
+    model.unfreeze_last(2)
+    model.train()
+    eval_frozen(model)
+    resnet = model.branches[0]
+    assert resnet.layer4[1].bn2.training and not resnet.layer4[1].bn1.training
+    assert not resnet.bn1.training and model.branches[1].features.norm5.training
+    x = torch.randn(2, 1, 64, 64)
+    stats = resnet.bn1.running_mean.clone()
+    model(x)
+    assert torch.equal(resnet.bn1.running_mean, stats)
+
+
 def test_grad_checkpointing_is_delegated_and_gives_the_same_gradients():
     x = torch.randn(2, 1, 64, 64)
     grads = []
@@ -157,6 +178,7 @@ def test_pretrained_path_one_file_per_branch(tmp_path):
     torch.manual_seed(1)
     loaded = ResDense2D(backbones=SMALL, pretrained_path=f"{paths[0]},{paths[1]}")
     assert_branches_equal(loaded, source)
+    assert loaded.pretrained and not source.pretrained
 
 
 def test_pretrained_path_one_prefixed_file_and_three_channel_stem(tmp_path):

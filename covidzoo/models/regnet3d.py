@@ -126,7 +126,8 @@ class RegNet3D(nn.Module):
     def _init_weights(self, zero_init_last: bool) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv3d):
-                # He init on fan-out, as pycls and timm do for RegNet.
+                # He init on the fan-out divided by the groups, as timm's RegNet does (pycls
+                # uses the whole fan-out, groups ignored).
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.kernel_size[2] * m.out_channels
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / (fan_out // m.groups)))
                 if m.bias is not None:

@@ -65,7 +65,8 @@ class RegNet3DCfg:
 
 
 REGNET3D_CFGS: dict[str, RegNet3DCfg] = {
-    # Table 1 of the 3D RegNet paper: the best single family, its shallow variant, a wider stem.
+    # Table 1 of the 3D RegNet paper: the best single family, its shallow variant, and a wider
+    # first stage (64 channels instead of 48; the stem stays 32).
     "regnet3d": RegNet3DCfg(depths=(2, 6, 12, 4), widths=(48, 128, 256, 512), group_widths=8),
     "regnet3d_shallow": RegNet3DCfg(
         depths=(1, 3, 7, 4), widths=(48, 128, 256, 512), group_widths=8

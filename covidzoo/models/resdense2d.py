@@ -129,6 +129,9 @@ class ResDense2D(nn.Module):
         self.global_pool = _pool(pool)
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(proj_channels, num_classes) if num_classes > 0 else nn.Identity()
+        # Whether the branches hold loaded weights: freezing random ones trains a random feature
+        # extractor (`covidzoo train --freeze-epochs` warns).
+        self.pretrained = False
         if pretrained_path is not None:
             self.load_branch_weights(pretrained_path)
 
@@ -193,8 +196,10 @@ class ResDense2D(nn.Module):
     def freeze_backbones(self) -> None:
         """Freeze both timm branches; projections, pooling and head stay trainable.
 
-        BatchNorm layers inside frozen branches still update their running statistics in
-        training mode; call `.eval()` on `model.branches` to freeze those as well.
+        This sets `requires_grad` only: in training mode the BatchNorms of frozen layers would
+        still normalise with batch statistics and update their running ones. `covidzoo train`
+        puts frozen layers in eval mode after every `model.train()`
+        (`covidzoo.loop.eval_frozen`); call that yourself in your own loop.
         """
         self.unfreeze_last(0)
 
@@ -270,6 +275,7 @@ class ResDense2D(nn.Module):
             )
         for branch, state, source in zip(self.branches, states, sources, strict=True):
             self._load_branch(branch, state, source)
+        self.pretrained = True
 
     def _load_branch(self, branch: nn.Module, state: dict[str, torch.Tensor], source: Path) -> None:
         from timm.models import adapt_input_conv
