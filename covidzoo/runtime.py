@@ -317,17 +317,30 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _cpu_ticks(cpus: set[int]) -> tuple[int, int]:
+def niced_work_yields(autogroup: str = "/proc/sys/kernel/sched_autogroup_enabled") -> bool:
+    """Whether work at lowered priority (`nice`) gives its core up to ours: true unless the
+    kernel groups processes by session (autogroup), which shares the CPU between sessions
+    whatever their niceness."""
+    try:
+        with open(autogroup) as fh:
+            return fh.read().strip() == "0"
+    except OSError:
+        return True  # no autogroup: plain niceness decides
+
+
+def _cpu_ticks(cpus: set[int], stat: str = "/proc/stat",
+               niced_yields: bool = False) -> tuple[int, int]:
     """(busy, all) clock ticks of `cpus` since boot, from /proc/stat (busy: neither idle nor
-    waiting for I/O)."""
+    waiting for I/O, nor, when `niced_yields`, spent on niced work, which would give its core
+    to our threads)."""
     busy = total = 0
-    with open("/proc/stat") as fh:
+    with open(stat) as fh:
         for line in fh:
             name, *fields = line.split()
             if name[:3] == "cpu" and name[3:].isdigit() and int(name[3:]) in cpus:
                 ticks = [int(v) for v in fields[:8]]  # user nice system idle iowait irq soft steal
                 total += sum(ticks)
-                busy += sum(ticks) - ticks[3] - ticks[4]
+                busy += sum(ticks) - ticks[3] - ticks[4] - (ticks[1] if niced_yields else 0)
     return busy, total
 
 
@@ -340,10 +353,10 @@ def busy_cores(interval: float = 0.1) -> float:
     itself.
     """
     try:
-        cpus = os.sched_getaffinity(0)
-        busy, total = _cpu_ticks(cpus)
+        cpus, yields = os.sched_getaffinity(0), niced_work_yields()
+        busy, total = _cpu_ticks(cpus, niced_yields=yields)
         time.sleep(interval)
-        busy_after, total_after = _cpu_ticks(cpus)
+        busy_after, total_after = _cpu_ticks(cpus, niced_yields=yields)
     except (AttributeError, OSError, ValueError):
         try:
             return os.getloadavg()[0]

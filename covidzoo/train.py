@@ -66,7 +66,7 @@ from .transforms import AugmentConfig, ScanAugment
 from .values import format_number
 
 # Epochs when --epochs is not given: the demo is sized to learn its signal in a few minutes.
-DEMO_EPOCHS = 12
+DEMO_EPOCHS = 15
 DEFAULT_EPOCHS = 30
 # Where runs go without --out, and where --resume without --out looks for the latest one.
 RUNS = Path("runs")

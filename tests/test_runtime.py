@@ -59,12 +59,33 @@ def test_threads_given_or_from_the_environment_win(machine, monkeypatch):
 
 
 def test_busy_cores_falls_back_to_the_load_average(monkeypatch):
-    def unreadable(cpus):
+    def unreadable(cpus, stat="/proc/stat", niced_yields=False):
         raise OSError("no /proc/stat")
 
     monkeypatch.setattr(runtime, "_cpu_ticks", unreadable)
     monkeypatch.setattr("os.getloadavg", lambda: (1.5, 1.0, 0.5))
     assert runtime.busy_cores() == 1.5
+
+
+def test_niced_work_counts_as_busy_only_where_it_does_not_yield(tmp_path):
+    """A core kept busy by work at lowered priority (the `nice` column) counts as free where the
+    scheduler gives it to our threads (no autogroup), and as busy where sessions share the CPU
+    whatever their niceness (autogroup on). Plain user and system time always count."""
+    stat = tmp_path / "stat"
+    #                 user nice system idle iowait irq softirq steal
+    stat.write_text("cpu  10 990 0 0 0 0 0 0\n"
+                    "cpu0 0 500 0 0 0 0 0 0\n"
+                    "cpu1 10 490 0 0 0 0 0 0\n"
+                    "cpu2 300 0 100 100 0 0 0 0\n")
+    assert runtime._cpu_ticks({0, 1}, str(stat), niced_yields=True) == (10, 1000)
+    assert runtime._cpu_ticks({0, 1}, str(stat), niced_yields=False) == (1000, 1000)
+    assert runtime._cpu_ticks({2}, str(stat), niced_yields=True) == (400, 500)
+    autogroup = tmp_path / "sched_autogroup_enabled"
+    autogroup.write_text("1\n")
+    assert not runtime.niced_work_yields(str(autogroup))
+    autogroup.write_text("0\n")
+    assert runtime.niced_work_yields(str(autogroup))
+    assert runtime.niced_work_yields(str(tmp_path / "absent"))
 
 
 def test_busy_cores_measures_this_machine():

@@ -176,10 +176,12 @@ def test_cli_train_json_summary_and_bad_flags(dataset, tmp_path, invoke, runner)
     result = invoke("train", "regnet3d", "--depths", "1,1,1,1", "--widths", "8,16,16,32",
                     "--stem-width", "8", "--data", str(dataset), "--size", "16,32,32",
                     "--epochs", "1", "--batch-size", "3", "--device", "cpu", "--out", str(run),
-                    "--optimizer", "sgd", "--optimizer-arg", "momentum=0.5", "--json")
+                    "--optimizer", "sgd", "--optimizer-arg", "momentum=0.5", "--frozen-bn",
+                    "train", "--json")
     summary = json.loads(result.output)
     assert summary["out"] == str(run) and summary["epochs_run"] == 1
-    assert json.loads((run / "config.json").read_text())["optimizer_args"] == {"momentum": 0.5}
+    config = json.loads((run / "config.json").read_text())
+    assert config["optimizer_args"] == {"momentum": 0.5} and config["frozen_bn"] == "train"
     from covidzoo.checkpoint import load_state
 
     state = load_state(run / "last.safetensors")["optimizer"]

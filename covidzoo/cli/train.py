@@ -22,7 +22,7 @@ from . import options as opt
 @click.option("--manifest", type=click.Path(), help="CSV of path,label[,split].")
 @click.option("--cache", type=click.Path(), help="A cache made by `covidzoo data prepare`.")
 @click.option("--size", help="Scan size D,H,W after preprocessing.")
-@click.option("--epochs", type=int, help="Epochs (default 12 on the demo data, else 30).")
+@click.option("--epochs", type=int, help="Epochs (default 15 on the demo data, else 30).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3,
               show_default=True)

@@ -1,18 +1,37 @@
 """Synthetic chest CT scans: the built-in demo data, written through the real file formats.
 
-Each scan is a HU volume with air around a body (fat and soft tissue), a spine, two lungs at
-about -850 HU with vessels, a few small dense nodules in both classes (so "anything bright in
-the lung" is no shortcut) and noise. Covid-positive scans get ground-glass opacities: soft
-blobs of -500 to -300 HU near the lung periphery, sized to survive downsizing to 32 x 64 x 64.
-Scans are written as DICOM series (pydicom, with UIDs, geometry and rescale) or as folders of
-JPG slices, in the COV19-CT-DB layout `{train,val}/{covid,non-covid}/SCAN`.
+The label lives only in the shape of lung opacities, in nothing global (a logistic regression
+on a scan's voxel mean and standard deviation, or gradient boosting on its lung histogram, is
+near chance: `benchmarks/bench_demo_cpu.py`):
+
+- Every scan varies in what moves global statistics far more than the findings do: body size
+  and fat, lung size and inflation (parenchyma from -900 to -760 HU, a gravity gradient),
+  patient position (shift and in-plane rotation), dose (noise 8 to 30 HU), reconstruction kernel
+  (soft to sharp), slice thickness (blur along z) and a calibration offset.
+- Both classes share the anatomy: vessels, small solid nodules, fissures.
+- Both classes draw the same 8 to 14 opacities (sizes, densities of +480 to +680 HU over the
+  lung, places inside the lungs). A covid scan gets them as they are: round. A non-covid scan
+  gets the same density in other shapes: peribronchovascular cuffs (cigars along a vessel's
+  path), plate-like atelectasis (flat horizontal discs) and dependent plates (flat, behind),
+  added until they put exactly the density the round ones would have into the lungs
+  (overlaps counted once). Every finding is an ellipsoid with one profile (flat inside, a
+  short ramp at the edge), and the voxels of any ellipsoid take the same distribution of
+  values whatever its axes: both classes have the same lung histogram, and only the shapes
+  differ.
+
+`phantom(rng, shape, covid, anatomy=...)` takes the patient and the scanner from `anatomy` and
+the findings from `rng`, so one patient can be rendered with covid findings and with non-covid
+ones. Scans are written as DICOM series (pydicom, with UIDs, geometry and rescale) or as
+folders of JPG slices, in the COV19-CT-DB layout `{train,val}/{covid,non-covid}/SCAN`.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,65 +40,259 @@ from ..errors import BadInputError
 from .paths import demo_dir
 
 DEMO_SHAPE: tuple[int, int, int] = (40, 128, 128)
-# Enough scans for a model trained from scratch to learn the demo's signal in a few epochs.
-DEMO_SCANS = 192
-DEMO_VERSION = 1
+# Enough scans for regnet3d, trained from scratch, to find the lesions' shape within the demo's
+# epochs (covidzoo.train.DEMO_EPOCHS): it takes it about 8 epochs of 192 training scans.
+DEMO_SCANS = 256
+DEMO_VERSION = 2
 FORMATS = ("dicom", "jpg")
 PIXEL_MM = 2.5
 SLICE_MM = 5.0
 LUNG_WINDOW = (-600.0, 1500.0)
 
 
-def _grid(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    d, h, w = shape
-    return (
-        np.linspace(-1, 1, d, dtype=np.float32)[:, None, None],
-        np.linspace(-1, 1, h, dtype=np.float32)[None, :, None],
-        np.linspace(-1, 1, w, dtype=np.float32)[None, None, :],
-    )
+# The profile of every finding: flat inside its ellipsoid, a linear ramp out to 1.25 times its
+# axes. The voxels of any ellipsoid take the same distribution of values, whatever its axes.
+_REACH = 1.25
 
 
-def phantom(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool) -> np.ndarray:
-    """One synthetic chest CT volume in HU (float32, `shape`)."""
-    z, y, x = _grid(shape)
-    vol = np.full(shape, -1000.0, dtype=np.float32)
-    jitter = 1 + 0.05 * rng.standard_normal(4)
-    ay, ax = 0.62 * jitter[0], 0.88 * jitter[1]
-    body = (y / ay) ** 2 + (x / ax) ** 2
-    vol[:, (body <= 1)[0]] = -90.0  # subcutaneous fat
-    vol[:, (body <= 0.8)[0]] = 40.0  # soft tissue
-    vol[:, (((y - 0.45 * ay) / 0.12) ** 2 + (x / 0.1) ** 2 <= 1)[0]] = 500.0  # spine
-    lungs = np.zeros(shape, dtype=bool)
-    centres = []
-    for side in (-1, 1):
-        cx = side * 0.36 * ax * jitter[2]
-        cy, rx, ry, rz = -0.05, 0.27 * ax, 0.42 * ay * jitter[3], 1.15
-        centres.append((cx, cy, rx, ry, rz))
-        lungs |= ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + (z / rz) ** 2 <= 1
-    vol[lungs] = -850.0
-    density = np.zeros(shape, dtype=np.float32)  # HU added inside the lungs
-    for _ in range(int(rng.integers(8, 14))):  # vessels: thin oblique tubes
-        cx, cy, rx, ry, _rz = centres[int(rng.integers(2))]
-        x0, y0 = cx + rx * rng.uniform(-0.6, 0.6), cy + ry * rng.uniform(-0.6, 0.6)
-        sx, sy = rng.uniform(-0.15, 0.15, 2)
-        r = rng.uniform(0.015, 0.03)
-        tube = (x - x0 - sx * z) ** 2 + (y - y0 - sy * z) ** 2 <= r * r
-        density = np.maximum(density, np.where(tube, 880.0, 0.0).astype(np.float32))
-    blobs = [(0.04, 0.06, 850.0, 900.0)] * int(rng.integers(0, 3))  # small dense nodules
+class _Canvas:
+    """Physical coordinates of a volume (x in [-1, 1], y and z scaled by the voxel spacing:
+    one unit is half the field of view's width), and the HU added inside the lungs."""
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        d, h, w = shape
+        self.shape = shape
+        self.z_half, self.y_half = d * SLICE_MM / (w * PIXEL_MM), h / w
+        self.axes = (np.linspace(-self.z_half, self.z_half, d, dtype=np.float32),
+                     np.linspace(-self.y_half, self.y_half, h, dtype=np.float32),
+                     np.linspace(-1.0, 1.0, w, dtype=np.float32))
+        self.added = np.zeros(shape, dtype=np.float32)
+        self.mask: np.ndarray | None = None
+
+    def grid(self, lo: np.ndarray | None = None, hi: np.ndarray | None = None,
+             ) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray, np.ndarray]:
+        """The index box covering `lo..hi` (z, y, x; everything when None) and its
+        broadcastable z, y, x coordinates."""
+        if lo is None or hi is None:
+            box = (slice(None),) * 3
+        else:
+            box = tuple(slice(int(np.searchsorted(a, lo_)), int(np.searchsorted(a, hi_, "right")))
+                        for a, lo_, hi_ in zip(self.axes, lo, hi, strict=True))
+        z, y, x = (a[s] for a, s in zip(self.axes, box, strict=True))
+        return box, z[:, None, None], y[None, :, None], x[None, None, :]
+
+    def copy(self) -> _Canvas:
+        """A canvas with the same coordinates and lungs and a copy of what was added."""
+        other = copy.copy(self)
+        other.added = self.added.copy()
+        return other
+
+    def ellipsoid(self, centre: np.ndarray, radii: np.ndarray, rotation: np.ndarray,
+                  amplitude: float, commit: bool = True) -> float:
+        """Add `amplitude` times the profile of an ellipsoid (centre and radii as z, y, x; the
+        rotation's columns are its axes) inside the lungs, keeping the larger value where
+        findings overlap. Returns the density it adds (HU x voxels), overlaps counted once;
+        `commit=False` only measures it."""
+        reach = _REACH * np.abs(rotation) @ radii
+        box, z, y, x = self.grid(centre - reach, centre + reach)
+        if any(s.start >= s.stop for s in box):
+            return 0.0
+        offsets = (z - centre[0], y - centre[1], x - centre[2])
+        dist_sq = sum(
+            ((rotation[0, k] * offsets[0] + rotation[1, k] * offsets[1]
+              + rotation[2, k] * offsets[2]) / radii[k]) ** 2
+            for k in range(3))
+        value = np.clip((_REACH - np.sqrt(dist_sq)) / (_REACH - 1), 0.0, 1.0) * np.float32(
+            amplitude)
+        if self.mask is not None:
+            value *= self.mask[box]
+        region = self.added[box]
+        raised = np.maximum(region, value)
+        gain = float((raised - region).sum())
+        if commit:
+            region[...] = raised
+        return gain
+
+
+def _rotation(rng: np.random.Generator, axis: np.ndarray | None = None) -> np.ndarray:
+    """A rotation whose first column is `axis` (z, y, x; random when None)."""
+    first = rng.standard_normal(3) if axis is None else np.asarray(axis, dtype=np.float64)
+    basis, _ = np.linalg.qr(np.column_stack([first, rng.standard_normal((3, 2))]))
+    return basis * np.sign(basis[:, 0] @ first or 1.0)
+
+
+@dataclass(frozen=True)
+class _Lung:
+    centre: np.ndarray  # z, y, x
+    radii: np.ndarray
+
+    def point(self, rng: np.random.Generator, reach: tuple[float, float],
+              z_range: tuple[float, float] = (-0.7, 0.7)) -> np.ndarray:
+        """A point at a fraction `reach` of the way from the lung's axis to its wall."""
+        angle, r = rng.uniform(0, 2 * np.pi), rng.uniform(*reach)
+        return self.centre + self.radii * np.array(
+            [rng.uniform(*z_range), r * np.sin(angle), r * np.cos(angle)])
+
+    def hilum(self) -> np.ndarray:
+        """Where the vessels enter: the medial side of the lung, mid-height."""
+        side = np.sign(self.centre[2])
+        return self.centre + self.radii * np.array([0.1, 0.0, -0.55 * side])
+
+
+def _anatomy(rng: np.random.Generator, canvas: _Canvas,
+             ) -> tuple[np.ndarray, np.ndarray, list[_Lung], dict[str, float]]:
+    """Body, spine, table and lungs (HU), the lung mask, the lungs, and the scanner."""
+    _, _, y, x = canvas.grid()
+    y2, x2 = y[0], x[0]  # one slice: the body is a prism
+    shift_y, shift_x = rng.uniform(-0.07, 0.07, 2)
+    ay = rng.uniform(0.6, 0.72) * canvas.y_half
+    ax = min(ay * rng.uniform(1.3, 1.5), 0.95)
+    body = ((y2 - shift_y) / ay) ** 2 + ((x2 - shift_x) / ax) ** 2
+    fat = rng.uniform(0.04, 0.12)
+    plane = np.full(body.shape, -1000.0, dtype=np.float32)
+    table = np.broadcast_to((y2 - shift_y > ay + 0.04) & (y2 - shift_y < ay + 0.08), body.shape)
+    plane[table] = rng.uniform(-200, 150)
+    plane[body <= 1] = rng.uniform(-120, -70)  # subcutaneous fat
+    plane[body <= (1 - fat) ** 2] = rng.uniform(25, 60)  # muscle and mediastinum
+    spine = ((y2 - shift_y - 0.72 * ay) / 0.11) ** 2 + ((x2 - shift_x) / 0.09) ** 2 <= 1
+    plane[spine] = rng.uniform(350, 700)
+    vol = np.broadcast_to(plane, canvas.shape).copy()
+
+    inflation = rng.uniform(0.85, 1.12)
+    lungs, mask = [], np.zeros(canvas.shape, dtype=bool)
+    cz = rng.uniform(-0.1, 0.1) * canvas.z_half
+    for side in (-1.0, 1.0):
+        radii = inflation * np.array([rng.uniform(0.75, 0.95) * canvas.z_half,
+                                      rng.uniform(0.66, 0.72) * ay * (1 - fat),
+                                      rng.uniform(0.3, 0.34) * ax])
+        centre = np.array([cz, shift_y - 0.05 * ay, shift_x + side * rng.uniform(0.39, 0.42) * ax])
+        lungs.append(_Lung(centre, radii))
+        box, z, yy, xx = canvas.grid(centre - radii, centre + radii)
+        inside = (((z - centre[0]) / radii[0]) ** 2 + ((yy - centre[1]) / radii[1]) ** 2
+                  + ((xx - centre[2]) / radii[2]) ** 2) <= 1
+        mask[box] |= inside
+    parenchyma = rng.uniform(-900, -760)
+    gradient = rng.uniform(0, 50)  # dependent (posterior) lung is denser
+    lung_hu = parenchyma + gradient * (np.broadcast_to(y, canvas.shape) - shift_y) / ay
+    vol[mask] = lung_hu[mask]
+
+    for lung in lungs:
+        for _ in range(int(rng.integers(5, 9))):  # vessels: thin tubes from the hilum outwards
+            start, end = lung.hilum(), lung.point(rng, (0.5, 0.95))
+            length = np.linalg.norm(end - start)
+            canvas.ellipsoid((start + end) / 2,
+                             np.array([length / 2, *([rng.uniform(0.014, 0.028)] * 2)]),
+                             _rotation(rng, end - start), rng.uniform(860, 900))
+        for _ in range(int(rng.integers(0, 2))):  # a fissure: a large, thin, faint plate
+            normal = np.array([rng.uniform(0.6, 1.0), rng.uniform(-0.8, 0.8), 0.0])
+            canvas.ellipsoid(lung.point(rng, (0.0, 0.3)),
+                             np.array([0.012, lung.radii[0], lung.radii[1]]),
+                             _rotation(rng, normal), rng.uniform(120, 250))
+    for _ in range(int(rng.integers(0, 4))):  # small solid nodules
+        lung = lungs[int(rng.integers(2))]
+        canvas.ellipsoid(lung.point(rng, (0.0, 0.8)), np.full(3, rng.uniform(0.022, 0.04)),
+                         np.eye(3), rng.uniform(850, 900))
+    scanner = {
+        "noise": rng.uniform(8, 30),
+        "kernel": rng.uniform(-1, 1),  # < 0: soft (blur), > 0: sharp (unsharp mask)
+        "thickness": rng.uniform(0, 1.3),  # blur along z, in slices
+        "offset": rng.uniform(-20, 20),
+        "rotation": rng.uniform(-7, 7),
+    }
+    return vol, mask, lungs, scanner
+
+
+def _findings(rng: np.random.Generator, canvas: _Canvas, lungs: list[_Lung],
+              covid: bool) -> None:
+    """The findings that carry the label. Both classes draw the same round lesions: covid
+    scans get them; non-covid scans get elongated or flat findings of the same densities that
+    add, all together, the same density to the lungs (overlaps counted once)."""
+    lesions = []
+    for _ in range(int(rng.integers(8, 15))):
+        lung = lungs[int(rng.integers(2))]
+        size, amplitude = rng.uniform(0.1, 0.14), rng.uniform(480, 680)
+        lesions.append((lung, size, amplitude, lung.point(rng, (0.2, 0.6), (-0.55, 0.55)),
+                        size * rng.uniform(0.92, 1.08, 3), _rotation(rng)))
     if covid:
-        blobs += [(0.16, 0.24, 350.0, 550.0)] * int(rng.integers(2, 5))  # ground glass
-    for r_lo, r_hi, add_lo, add_hi in blobs:
-        cx, cy, rx, ry, _rz = centres[int(rng.integers(2))]
-        angle = rng.uniform(0, 2 * np.pi)
-        reach = rng.uniform(0.65, 0.85) if r_lo > 0.1 else rng.uniform(0, 0.7)
-        bx, by = cx + reach * rx * np.cos(angle), cy + reach * ry * np.sin(angle)
-        bz, r = rng.uniform(-0.6, 0.6), rng.uniform(r_lo, r_hi)
-        dist = np.sqrt((x - bx) ** 2 + (y - by) ** 2 + ((z - bz) * 0.7) ** 2) / r
-        weight = np.clip(1.5 - dist, 0.0, 1.0)  # flat core, soft edge
-        density = np.maximum(density, weight * np.float32(rng.uniform(add_lo, add_hi)))
-    vol += np.where(lungs, density, 0.0)
-    vol += rng.standard_normal(shape, dtype=np.float32) * np.float32(20.0)
-    return vol
+        for _, _, amplitude, centre, radii, rotation in lesions:
+            canvas.ellipsoid(centre, radii, rotation, amplitude)
+        return
+    scratch = canvas.copy()
+    target = sum(scratch.ellipsoid(centre, radii, rotation, amplitude)
+                 for _, _, amplitude, centre, radii, rotation in lesions)
+    added = 0.0
+    for k in range(4 * len(lesions)):
+        if added >= target:
+            break
+        lung, size, amplitude = lesions[k % len(lesions)][:3]
+        added += _distractor(rng, canvas, lung, size, amplitude, target - added)
+
+
+def _distractor(rng: np.random.Generator, canvas: _Canvas, lung: _Lung, size: float,
+                amplitude: float, remaining: float) -> float:
+    """One elongated or flat finding of half the volume of a round lesion of `size` (less if
+    that would add more than `remaining`); the density it added."""
+    thin = rng.uniform(0.05, 0.06)
+    flat = np.sqrt(size ** 3 / 2 / thin)
+    kind = int(rng.integers(3))
+    if kind == 0:  # peribronchovascular cuff: a cigar along a vessel's path
+        start, end = lung.hilum(), lung.point(rng, (0.55, 0.85))
+        centre = start + (end - start) * rng.uniform(0.35, 0.6)
+        rotation = _rotation(rng, end - start)
+        axes, grow = np.array([size ** 3 / 2 / thin ** 2, thin, thin]), [0]
+    elif kind == 1:  # plate-like atelectasis: a flat, near-horizontal disc
+        centre = lung.point(rng, (0.0, 0.5), (-0.5, 0.3))
+        rotation = _rotation(rng, np.array([rng.uniform(-0.2, 0.2), 1.0,
+                                            rng.uniform(-0.2, 0.2)]))
+        axes, grow = np.array([thin, flat * 1.2, flat / 1.2]), [1, 2]
+    else:  # dependent plate: flat, behind, parallel to the posterior wall
+        centre = lung.centre + lung.radii * np.array(
+            [rng.uniform(-0.5, 0.2), rng.uniform(0.45, 0.6), rng.uniform(-0.3, 0.3)])
+        rotation = _rotation(rng, np.array([0.0, 1.0, 0.0]))
+        axes, grow = np.array([thin, flat * 1.4, flat / 1.4]), [1, 2]
+    gain = canvas.ellipsoid(centre, axes, rotation, amplitude, commit=False)
+    if gain > remaining:
+        axes[grow] *= (remaining / gain) ** (1 / len(grow))
+    return canvas.ellipsoid(centre, axes, rotation, amplitude)
+
+
+def _scan(vol: np.ndarray, rng: np.random.Generator, scanner: dict[str, float]) -> np.ndarray:
+    """What the scanner makes of the patient: slice thickness, kernel, rotation, noise."""
+    from scipy import ndimage
+
+    if scanner["thickness"] > 0.05:
+        vol = ndimage.gaussian_filter1d(vol, scanner["thickness"], axis=0, mode="nearest")
+    kernel = scanner["kernel"]
+    if kernel < 0:  # a soft kernel blurs
+        vol = ndimage.gaussian_filter(vol, (0, -1.2 * kernel, -1.2 * kernel), mode="nearest")
+    else:  # a sharp one enhances edges
+        blurred = ndimage.gaussian_filter(vol, (0, 1.0, 1.0), mode="nearest")
+        vol = vol + np.float32(kernel) * (vol - blurred)
+    vol = ndimage.rotate(vol, scanner["rotation"], axes=(1, 2), reshape=False, order=1,
+                         mode="constant", cval=-1000.0)
+    grain = 0.4 + 0.8 * max(-kernel, 0.0)  # soft kernels give coarser noise
+    noise = ndimage.gaussian_filter(rng.standard_normal(vol.shape, dtype=np.float32),
+                                    (0, grain, grain))
+    noise *= np.float32(scanner["noise"]) / noise.std()
+    return vol + noise + np.float32(scanner["offset"])
+
+
+def phantom(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool,
+            anatomy: np.random.Generator | None = None) -> np.ndarray:
+    """One synthetic chest CT volume in HU (float32, `shape`).
+
+    `anatomy` draws the patient and the scanner (everything but the labelled findings), `rng`
+    the findings; without `anatomy`, `rng` draws both. So `phantom(np.random.default_rng(s),
+    shape, covid, anatomy=np.random.default_rng(a))` renders patient `a` with covid findings
+    or with non-covid ones, the same sizes and densities in both.
+    """
+    anatomy = rng if anatomy is None else anatomy
+    canvas = _Canvas(tuple(shape))
+    vol, mask, lungs, scanner = _anatomy(anatomy, canvas)
+    canvas.mask = mask
+    _findings(rng, canvas, lungs, covid)
+    vol += np.where(mask, canvas.added, np.float32(0.0))
+    return _scan(vol, anatomy, scanner).astype(np.float32, copy=False)
 
 
 def _window_uint8(hu: np.ndarray) -> np.ndarray:
