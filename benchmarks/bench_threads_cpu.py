@@ -99,6 +99,7 @@ def main() -> None:
                         help="also time the README's main command as documented, quiet and loaded")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/threads_cpu.json")
     parser.add_argument("--tiny", action="store_true", help="smoke test: tiny model and data")
+    parser.add_argument("--note", default="", help="conditions of the run, stored as they are")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,6 +168,7 @@ def main() -> None:
         "job": f"covidzoo train {' '.join(job)}" + (
             "" if args.tiny else f" ({args.epochs} of the README's {DEMO_EPOCHS} epochs)"),
         "smoke_test_only": args.tiny,
+        "note": args.note,
         "torch_default_threads": default_threads,
         "runs": runs,
         "loaded_over_quiet_train_s": {

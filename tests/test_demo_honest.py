@@ -51,7 +51,7 @@ def test_one_patient_with_either_findings_differs_only_in_the_lungs_by_equal_den
 
 class MaxPoolNet(nn.Module):
     """Three conv blocks and a global max pool: "is this pattern anywhere?". regnet3d's global
-    average pool needs about 8 epochs of the full demo (minutes) before it finds the lesions'
+    average pool needs 6 to 9 epochs of the full demo (minutes) before it finds the lesions'
     shape; this finds it in two or three epochs of a smaller set, so the test can afford it."""
 
     def __init__(self, num_classes: int = 1, in_chans: int = 1) -> None:

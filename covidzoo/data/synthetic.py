@@ -41,7 +41,7 @@ from .paths import demo_dir
 
 DEMO_SHAPE: tuple[int, int, int] = (40, 128, 128)
 # Enough scans for regnet3d, trained from scratch, to find the lesions' shape within the demo's
-# epochs (covidzoo.train.DEMO_EPOCHS): it takes it about 8 epochs of 192 training scans.
+# epochs (covidzoo.train.DEMO_EPOCHS): it takes it 6 to 9 epochs of 192 training scans.
 DEMO_SCANS = 256
 DEMO_VERSION = 2
 FORMATS = ("dicom", "jpg")
