@@ -30,7 +30,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 import covidzoo
 from covidzoo.data import CachedScans, PreprocessConfig, find_scans, prepare_cache, read_scan
-from covidzoo.data.cache import save_volume, write_index
+from covidzoo.data.cache import save_volume, volume_file, write_index
 from covidzoo.data.synthetic import synthesize
 
 
@@ -137,11 +137,11 @@ def bench_cache_reads(tmp: Path, n: int = 64) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     entries = []
     for i in range(n):
-        save_volume(cache / "volumes" / f"{i}.npy",
-                    rng.integers(0, 255, (64, 224, 224), dtype=np.uint8))
-        entries.append({"source": str(i), "file": f"volumes/{i}.npy", "label": i % 2,
-                        "split": "train", "fingerprint": {}, "shape": [64, 224, 224],
-                        "warnings": []})
+        stored = save_volume(cache / volume_file(str(i)),
+                             rng.integers(0, 255, (64, 224, 224), dtype=np.uint8))
+        entries.append({"source": str(i), "file": volume_file(str(i)), "label": i % 2,
+                        "split": "train", "warnings": [], **stored,
+                        "fingerprint": {"files": 1, "bytes": 0, "mtime_ns": 0}})
     write_index(cache, PreprocessConfig(), entries)
     data = CachedScans(cache)
     for i in range(n):  # warm the page cache: the steady state of an epoch after the first

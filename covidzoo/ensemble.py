@@ -15,6 +15,7 @@ The threshold is not the ensembler's business: the caller takes
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -25,6 +26,10 @@ from .errors import BadInputError
 
 # Probabilities are clipped to [EPS, 1 - EPS] before logits or logs are taken.
 EPS = 1e-7
+# The largest stacking coefficient or intercept a file may hold. Member logits are at most
+# |log(EPS)| ~ 16 apart from 0, so larger ones saturate the sigmoid all the same; bounded, the
+# fused logit stays finite (two coefficients of 1e308 of opposite signs would sum to NaN).
+MAX_STACKING_COEF = 1e6
 
 
 def check_member_probs(probs: ArrayLike, n_models: int | None = None) -> NDArray[np.float64]:
@@ -60,6 +65,48 @@ def _check_labels(labels: ArrayLike | None, n_scans: int, method: str) -> NDArra
 def _floats(values: ArrayLike) -> list[Any]:
     """A (nested) list of Python floats: JSON writes them exactly (repr round-trips)."""
     return np.asarray(values, dtype=np.float64).tolist()
+
+
+# --- reading a description back: an ensemble file is untrusted ---------------------------------
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number: not a bool, a string, NaN or infinity (which JSON may hold)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _number(data: dict[str, Any], key: str, default: float, low: float,
+            low_open: bool = False) -> float:
+    """`data[key]` (or `default`): a finite number >= `low` (> `low` when `low_open`)."""
+    value = data.get(key, default)
+    if not _is_number(value) or value < low or (low_open and value == low):
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        raise BadInputError(f"'{key}' must be a finite number {bound}, got {_shown(value)}")
+    return float(value)
+
+
+def _vector(name: str, value: Any, length: int | None, low: float | None = None,
+            high: float | None = None) -> NDArray[np.float64]:
+    """A list of finite numbers of `length` (any length >= 1 when None), each within the
+    bounds given; anything else is bad input naming `name`."""
+    if not isinstance(value, list) or not value or not all(_is_number(v) for v in value):
+        raise BadInputError(f"'{name}' must be a non-empty list of finite numbers, got "
+                            f"{_shown(value)}")
+    if length is not None and len(value) != length:
+        raise BadInputError(f"'{name}' has {len(value)} values for {length} members")
+    array = np.asarray(value, dtype=np.float64)
+    if (low is not None and array.min() < low) or (high is not None and array.max() > high):
+        raise BadInputError(f"'{name}' must lie within [{low:g}, {high:g}], got {_shown(value)}"
+                            if high is not None else
+                            f"'{name}' must be >= {low:g}, got {_shown(value)}")
+    return array
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """A value from a file, short enough for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class Ensembler(ABC):
@@ -98,9 +145,21 @@ class Ensembler(ABC):
         return ensembler
 
     def _restore(self, data: dict[str, Any]) -> None:
-        """Set the fitted state from `to_dict`'s output; subclasses extend it."""
+        """Set the fitted state from `to_dict`'s output, checked (a file may hold anything);
+        subclasses extend it."""
         n_models = data.get("n_models")
-        self.n_models = None if n_models is None else int(n_models)
+        if n_models is not None and not (isinstance(n_models, int)
+                                         and not isinstance(n_models, bool) and n_models > 0):
+            raise BadInputError(f"'n_models' must be a positive integer, got {_shown(n_models)}")
+        self.n_models = n_models
+
+    def _fitted_state(self, data: dict[str, Any], key: str) -> Any:
+        """`data[key]`, the fitted state, which a fitted description (one with `n_models`)
+        must hold; None for an unfitted one."""
+        value = data.get(key)
+        if value is None and self.n_models is not None:
+            raise BadInputError(f"fit on {self.n_models} members but no '{key}'")
+        return value
 
     def _check(self, probs: ArrayLike) -> NDArray[np.float64]:
         return check_member_probs(probs, self.n_models)
@@ -185,10 +244,17 @@ class WeightedEnsembler(Ensembler):
                 "weights": None if self.weights is None else _floats(self.weights)}
 
     def _restore(self, data: dict[str, Any]) -> None:
+        """Weights must be finite, non-negative, one per member and sum to 1 (as `fit` leaves
+        them): anything else would fuse into numbers that are no probabilities."""
         super()._restore(data)
-        self.l2 = float(data.get("l2", self.l2))
-        if data.get("weights") is not None:
-            self.weights = np.asarray(data["weights"], dtype=np.float64)
+        self.l2 = _number(data, "l2", self.l2, 0.0)
+        weights = self._fitted_state(data, "weights")
+        if weights is None:
+            return
+        w = _vector("weights", weights, self.n_models, low=0.0)
+        if abs(w.sum() - 1.0) > 1e-6:
+            raise BadInputError(f"'weights' must sum to 1, they sum to {w.sum():g}")
+        self.weights, self.n_models = w, len(w)
 
 
 class RankEnsembler(Ensembler):
@@ -242,12 +308,29 @@ class RankEnsembler(Ensembler):
         return {"knots": [{"score": _floats(x), "rank": _floats(y)} for x, y in self.knots]}
 
     def _restore(self, data: dict[str, Any]) -> None:
+        """One knot list per member: scores strictly increasing and ranks non-decreasing, both
+        within [0, 1] and of one length (what `np.interp` needs to map a score to a rank)."""
         super()._restore(data)
-        if data.get("knots") is not None:
-            self.knots = [
-                (np.asarray(k["score"], dtype=np.float64), np.asarray(k["rank"], dtype=np.float64))
-                for k in data["knots"]
-            ]
+        knots = self._fitted_state(data, "knots")
+        if knots is None:
+            return
+        if not isinstance(knots, list) or (self.n_models is not None
+                                           and len(knots) != self.n_models):
+            raise BadInputError(f"'knots' must be a list of one entry per member, got "
+                                f"{_shown(knots)}")
+        self.knots = [self._member_knots(i, k) for i, k in enumerate(knots)]
+        self.n_models = len(self.knots)
+
+    @staticmethod
+    def _member_knots(i: int, knot: Any) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        if not isinstance(knot, dict):
+            raise BadInputError(f"'knots' entry {i} must be an object with 'score' and 'rank'")
+        score = _vector(f"knots[{i}].score", knot.get("score"), None, 0.0, 1.0)
+        rank = _vector(f"knots[{i}].rank", knot.get("rank"), len(score), 0.0, 1.0)
+        if len(score) < 2 or np.any(np.diff(score) <= 0) or np.any(np.diff(rank) < 0):
+            raise BadInputError(f"'knots' entry {i}: scores must increase strictly and ranks "
+                                "must not decrease, from at least two knots")
+        return score, rank
 
 
 class StackingEnsembler(Ensembler):
@@ -301,10 +384,16 @@ class StackingEnsembler(Ensembler):
 
     def _restore(self, data: dict[str, Any]) -> None:
         super()._restore(data)
-        self.C = float(data.get("C", self.C))
-        if data.get("coef") is not None:
-            self.coef = np.asarray(data["coef"], dtype=np.float64)
-            self.intercept = float(data["intercept"])
+        self.C = _number(data, "C", self.C, 0.0, low_open=True)
+        coef = self._fitted_state(data, "coef")
+        if coef is None:
+            return
+        self.coef = _vector("coef", coef, self.n_models, -MAX_STACKING_COEF, MAX_STACKING_COEF)
+        intercept = data.get("intercept")
+        if not (_is_number(intercept) and abs(intercept) <= MAX_STACKING_COEF):
+            raise BadInputError(f"'intercept' must be a finite number within "
+                                f"±{MAX_STACKING_COEF:g}, got {_shown(intercept)}")
+        self.intercept, self.n_models = float(intercept), len(self.coef)
 
 
 def create_ensembler(method: str, **kwargs: Any) -> Any:

@@ -38,6 +38,10 @@ def one_line(exc: BaseException, *, with_type: bool | None = None) -> str:
     with its type (`OSError: ...`), which is often the only clue. `with_type` overrides that.
     """
     lines = str(exc).strip().splitlines()
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "Original Traceback" in lines[1]:
+        # A DataLoader worker's error, re-raised in the main process with the worker's traceback
+        # as its message: the user's line is the original error's, the traceback's last line.
+        lines = [lines[-1].split(": ", 1)[-1]]
     text = lines[0].strip() if lines else ""
     if with_type is None:
         with_type = not isinstance(exc, CovidzooError)

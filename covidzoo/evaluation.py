@@ -30,6 +30,7 @@ from .inference import (
     write_ensemble_file,
 )
 from .runtime import resolve_device, resolve_workers
+from .values import parse_probability
 
 PathLike = str | os.PathLike[str]
 
@@ -56,6 +57,21 @@ def stored_threshold(predictor: Predictor) -> Threshold:
     return Threshold(predictor.threshold, source, "chosen on validation data")
 
 
+THRESHOLD_RULES = ("checkpoint", "youden")
+
+
+def threshold_choice(choice: str) -> str | float:
+    """`--threshold` checked before any work: a rule name, or a number within [0, 1]."""
+    if choice in THRESHOLD_RULES:
+        return choice
+    try:
+        float(choice)
+    except ValueError:
+        raise BadInputError(f"--threshold: '{choice}' is not checkpoint, youden or a number"
+                            ) from None
+    return parse_probability("--threshold", choice)
+
+
 def resolve_threshold(
     choice: str, predictor: Predictor, labels: NDArray[np.int64], probs: NDArray[np.float64]
 ) -> Threshold:
@@ -67,22 +83,13 @@ def resolve_threshold(
     """
     from .metrics import youden_threshold
 
-    if choice == "checkpoint":
+    value = threshold_choice(choice)
+    if value == "checkpoint":
         return stored_threshold(predictor)
-    if choice == "youden":
+    if value == "youden":
         return Threshold(youden_threshold(labels, probs), "youden",
                          "Youden point of the evaluated data: optimistic")
-    try:
-        value = float(choice)
-    except ValueError as exc:
-        raise BadInputError(
-            f"--threshold must be checkpoint, youden or a number, got '{choice}'"
-        ) from exc
-    if not 0.0 <= value <= 1.0:
-        raise BadInputError(f"--threshold must be within [0, 1], got {value}")
     return Threshold(value, "option", "given on the command line")
-
-
 
 
 # --- evaluate ----------------------------------------------------------------------------------
@@ -204,6 +211,7 @@ def evaluate(
     from .metrics import binary_report
 
     start = time.perf_counter()
+    threshold_choice(threshold)  # a bad --threshold fails before models and data are loaded
     model = Path(model)
     target = resolve_device(device)
     workers = resolve_workers(workers, target)

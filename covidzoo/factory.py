@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .errors import BadInputError, CovidzooError
+from .errors import BadInputError, CovidzooError, PluginError
 from .registry import Component, Kind, check_kind
 
 if TYPE_CHECKING:
@@ -120,7 +120,20 @@ def create_model(
             f"aggregator '{aggregator}' wraps {wraps}D backbones but '{name}' is {dims}D;"
             f" use one of: {', '.join(compatible_aggregators(name))}"
         )
-    return wrapper.create(backbone=backbone.create(**kwargs), **(aggregator_args or {}))
+    inner = require_module(backbone.create(**kwargs), backbone)
+    return require_module(wrapper.create(backbone=inner, **(aggregator_args or {})), wrapper)
+
+
+def require_module(model: Any, component: Component) -> Any:
+    """`model` itself when it is a torch `nn.Module`; else the plugin that made it is broken
+    (`PluginError`, one line naming the component and its plugin)."""
+    from torch import nn
+
+    if not isinstance(model, nn.Module):
+        raise PluginError(
+            f"{component.kind} '{component.name}' (plugin '{component.plugin}') is broken: its"
+            f" factory returned a {type(model).__name__}, not a torch nn.Module")
+    return model
 
 
 def check_scan_size(backbone: str, size: Sequence[int], model_args: dict[str, Any] | None = None,

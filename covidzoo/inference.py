@@ -49,8 +49,12 @@ from .runtime import (
     tune_cudnn,
 )
 from .transforms import to_model_input
+from .values import printable_errors
 
 ENSEMBLE_FORMAT = 1
+# An ensemble file is a few member paths and a fitted ensembler (a rank ensembler keeps one
+# score per validation scan and member): far less than this, which bounds what is read.
+MAX_ENSEMBLE_FILE_BYTES = 64 * 1024**2
 # What a model's outputs mean, by their count: one covid logit, or (non-covid, covid) logits.
 CLASS_DEFINITIONS: dict[int, str] = {
     1: "1 output (covid logit, sigmoid)",
@@ -146,14 +150,17 @@ def check_members(members: Sequence[Member]) -> None:
 
 def is_ensemble_file(path: str | os.PathLike[str]) -> bool:
     """Whether `path` is an ensemble JSON file rather than a checkpoint: a `.json` name, or a
-    file that starts with `{` (a safetensors file starts with its 8-byte header length)."""
+    file that starts with `{` (a safetensors file starts with its 8-byte header length). A
+    `.safetensors` name is a checkpoint whatever it holds, so that a JSON file renamed so is
+    reported as the broken checkpoint it is."""
     path = Path(path)
-    if path.suffix.lower() == ".json":
-        return True
-    if not path.is_file():
+    if path.suffix.lower() in (".json", ".safetensors"):
+        return path.suffix.lower() == ".json"
+    try:
+        with path.open("rb") as fh:
+            return fh.read(64).lstrip()[:1] == b"{"
+    except (OSError, ValueError):  # not a readable file: loading it as a checkpoint says why
         return False
-    with path.open("rb") as fh:
-        return fh.read(64).lstrip()[:1] == b"{"
 
 
 def write_ensemble_file(
@@ -252,6 +259,7 @@ def _check_member_components(path: Path, data: dict[str, Any], members: list[str
             raise UnknownComponentError(f"{path}: member {member}: {exc}") from exc
 
 
+@printable_errors()
 def read_ensemble_file(path: str | os.PathLike[str]) -> tuple[list[Path], Any, float | None]:
     """`(member checkpoint paths, fitted ensembler, threshold)` of an ensemble file.
 
@@ -259,46 +267,89 @@ def read_ensemble_file(path: str | os.PathLike[str]) -> tuple[list[Path], Any, f
     member's backbone or aggregator, that no loaded plugin provides is an
     `UnknownComponentError` naming the package recorded in the file's provenance.
     """
-    from .ensemble import load_ensembler
+    from .ensemble import Ensembler, load_ensembler
 
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise BadInputError(f"{path}: no such ensemble file") from exc
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise BadInputError(f"{path}: not an ensemble JSON file ({exc})") from exc
+    data = _read_json(path)
     if not isinstance(data, dict) or "members" not in data or "ensembler" not in data:
         raise BadInputError(f"{path}: not a covidzoo ensemble file (no members and ensembler)")
-    if data.get("format") != ENSEMBLE_FORMAT:
+    if data.get("format") != ENSEMBLE_FORMAT or isinstance(data.get("format"), bool):
         raise BadInputError(
-            f"{path}: ensemble file format {data.get('format')}, expected {ENSEMBLE_FORMAT}"
+            f"{path}: ensemble file format {data.get('format')!r:.40}, expected {ENSEMBLE_FORMAT}"
         )
-    members = data["members"]
-    if not isinstance(members, list) or not members or not all(
-        isinstance(m, str) for m in members
-    ):
-        raise BadInputError(f"{path}: 'members' must be a non-empty list of checkpoint paths")
-    paths = [path.parent / m for m in members]
-    missing = [m for m, p in zip(members, paths, strict=True) if not p.is_file()]
-    if missing:
-        raise BadInputError(
-            f"{path}: member checkpoint(s) not found: {', '.join(missing)} "
-            f"(relative paths are read from {path.parent})"
-        )
+    members, paths = _member_paths(path, data["members"])
     _check_ensembler(path, data)
     _check_member_components(path, data, members, paths)
-    ensembler = load_ensembler(data["ensembler"])
+    try:
+        ensembler = load_ensembler(data["ensembler"])
+    except UnknownComponentError:
+        raise
+    except BadInputError as exc:
+        raise BadInputError(f"{path}: {exc}") from None
     n_models = getattr(ensembler, "n_models", None)
+    if n_models is None and isinstance(ensembler, Ensembler):
+        raise BadInputError(f"{path}: the ensembler '{ensembler.method}' was never fit "
+                            "(no n_models); write the file with `covidzoo ensemble --save`")
     if n_models is not None and n_models != len(paths):
         raise BadInputError(f"{path}: the ensembler was fit on {n_models} members, "
                             f"the file lists {len(paths)}")
-    threshold = data.get("threshold")
-    if threshold is not None and not (
-        isinstance(threshold, (int, float)) and np.isfinite(threshold)
+    return paths, ensembler, _ensemble_threshold(path, data.get("threshold"))
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON document at `path`; a missing, huge, binary or malformed file is bad input."""
+    try:
+        if path.stat().st_size > MAX_ENSEMBLE_FILE_BYTES:
+            raise BadInputError(f"{path}: {path.stat().st_size:,} bytes, too large for an "
+                                f"ensemble file (at most {MAX_ENSEMBLE_FILE_BYTES:,})")
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise BadInputError(f"{path}: no such ensemble file") from exc
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadInputError(f"{path}: not an ensemble JSON file "
+                            f"({one_line(exc, with_type=False)})") from None
+
+
+def _member_paths(path: Path, members: Any) -> tuple[list[str], list[Path]]:
+    """The member checkpoints an ensemble file lists, each an existing file.
+
+    Relative paths are read from the file's folder, and may leave it (`../runs/a/best...`):
+    `write_ensemble_file` writes them so when the checkpoints live elsewhere, and absolute ones
+    when no relative path exists. A member is only ever read as a safetensors checkpoint
+    (checked before it is parsed, never unpickled), so a path can choose which checkpoint is
+    loaded and nothing more: as a checkpoint named on the command line can.
+    """
+    if not isinstance(members, list) or not members or not all(
+        isinstance(m, str) and m.strip() for m in members
     ):
-        raise BadInputError(f"{path}: threshold must be a number, got {threshold!r}")
-    return paths, ensembler, None if threshold is None else float(threshold)
+        raise BadInputError(f"{path}: 'members' must be a non-empty list of checkpoint paths")
+    paths = [path.parent / m for m in members]
+    missing = [m for m, p in zip(members, paths, strict=True) if not _is_file(p)]
+    if missing:
+        raise BadInputError(
+            f"{path}: member checkpoint(s) not found: {', '.join(map(repr, missing))} "
+            f"(relative paths are read from {path.parent})"
+        )
+    return members, paths
+
+
+def _is_file(path: Path) -> bool:
+    """Whether `path` is a regular file; a name the system cannot take (a NUL byte, too long)
+    is none."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _ensemble_threshold(path: Path, value: Any) -> float | None:
+    """The stored decision threshold: absent, or a finite number in [0, 1]."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not np.isfinite(value) or not 0.0 <= value <= 1.0):
+        raise BadInputError(f"{path}: threshold must be a number in [0, 1], got {value!r:.40}")
+    return float(value)
 
 
 @dataclass

@@ -139,7 +139,7 @@ def _load_entry_points(pm: pluggy.PluginManager) -> None:
         try:
             plugin = ep.load()
             pm.register(plugin, name=ep.name)
-        except Exception as exc:  # a broken plugin must not break covidzoo
+        except (Exception, SystemExit) as exc:  # a broken plugin must not end covidzoo
             plugin_failed(ep.name, exc)
             _not_loaded_row(ep.name, "failed", one_line(exc, with_type=True), package, version)
             continue
@@ -316,7 +316,7 @@ def get_registry() -> Registry:
             components = staged.setdefault(plugin_name, [])
             try:
                 function(register=registry.registrar(kind, plugin_name, components))
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # a broken plugin must not end covidzoo
                 staged.pop(plugin_name, None)
                 drop_failed_plugin(plugin_name, exc)
     dropped: dict[str, list[dict[str, str]]] = {}

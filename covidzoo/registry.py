@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
-from .errors import BadInputError, CovidzooError, UnknownComponentError, one_line
+from .errors import BadInputError, CovidzooError, PluginError, UnknownComponentError, one_line
 from .values import parse_float, parse_int_list, parse_names, parse_positive_int
 
 Kind = Literal["backbone", "aggregator", "ensembler", "optimizer"]
@@ -111,7 +111,11 @@ class Component:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def load(self) -> Callable[..., Any]:
-        """The factory itself, importing it first when it was registered as `"module:attr"`."""
+        """The factory itself, importing it first when it was registered as `"module:attr"`.
+
+        A factory that cannot be had (its module fails to import, even by `sys.exit`, or has
+        no such attribute, or it is not callable) is a `PluginError` naming the component.
+        """
         if callable(self.factory):
             return self.factory
         module_name, _, attr = self.factory.partition(":")
@@ -119,16 +123,24 @@ class Component:
             target: Any = importlib.import_module(module_name)
             for part in attr.split("."):
                 target = getattr(target, part)
-        except ImportError as exc:
-            raise CovidzooError(
-                f"{self.kind} '{self.name}' (plugin '{self.plugin}') is unavailable: {exc}"
-            ) from exc
+        except ImportError as exc:  # its message is the plugin's advice: shown as it is
+            raise self._unavailable(str(exc)) from exc
+        except (Exception, SystemExit) as exc:  # a broken plugin must not end covidzoo
+            raise self._unavailable(one_line(exc, with_type=True)) from exc
+        if not callable(target):
+            raise self._unavailable(f"'{self.factory}' is not callable "
+                                    f"(a {type(target).__name__})")
         return target
+
+    def _unavailable(self, reason: str) -> PluginError:
+        return PluginError(f"{self.kind} '{self.name}' (plugin '{self.plugin}') is unavailable:"
+                           f" {reason}")
 
     def create(self, **kwargs: Any) -> Any:
         """Build the component; keyword arguments that are `None` are dropped (timm's rule).
 
-        A keyword the factory does not take is bad input naming the component.
+        A keyword the factory does not take is bad input naming the component; a factory that
+        calls `sys.exit` is a `PluginError`.
         """
         factory = self.load()
         try:
@@ -138,6 +150,9 @@ class Component:
                 raise
             raise BadInputError(f"{self.kind} '{self.name}': {one_line(exc, with_type=False)}"
                                 ) from exc
+        except SystemExit as exc:
+            raise PluginError(f"{self.kind} '{self.name}' (plugin '{self.plugin}') is broken:"
+                              f" its factory called sys.exit({exc.code!r})") from exc
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready description (the factory as its import path)."""

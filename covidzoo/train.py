@@ -7,6 +7,12 @@
     best.safetensors     the model of the best validation AUC (with its Youden threshold)
     last.safetensors     the model after the last finished epoch, plus last.state.* for --resume
 
+Each of these is a link to `current/NAME`: the run's saved state is one generation,
+`generations/epoch-NNNNNN/`, written whole and made current by replacing the link `current`
+(`covidzoo.fileio.Generations`), so a crash at any moment leaves every name of one epoch, and
+`--resume` checks the generation's sha256 sums before it continues. One training at a time holds
+the folder's lock (`.covidzoo.lock`).
+
 Only whole epochs are checkpointed, so `--resume` after Ctrl-C continues exactly where an
 uninterrupted run would be: the sampler order, augmentation and dropout are all seeded per epoch
 or restored from the saved RNG state. The loop's pieces (loader, step, schedule, RNG) are in
@@ -17,8 +23,12 @@ or restored from the saved RNG state. The loop's pieces (loader, step, schedule,
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,11 +40,27 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ._version import __version__
-from .checkpoint import ModelSpec, load_state, read_spec, save_checkpoint, save_state
+from .checkpoint import (
+    ModelSpec,
+    load_state,
+    read_spec,
+    save_checkpoint,
+    save_state,
+    state_paths,
+)
 from .data.sources import DataSource, TrainingData, data_source, scan_size, training_data
-from .errors import BadInputError, CovidzooError
+from .errors import BadInputError, CovidzooError, one_line
 from .factory import check_scan_size, default_aggregator, get_component, spatial_dims
-from .fileio import atomic_write_text, interrupts_deferred
+from .fileio import (
+    CURRENT,
+    GENERATIONS,
+    LOCK_NAME,
+    Generation,
+    Generations,
+    exclusive_lock,
+    interrupts_deferred,
+    kill_point,
+)
 from .loop import (
     device_batch,
     eval_frozen,
@@ -75,6 +101,27 @@ LOSS_READ_S = 2.0
 # What BatchNorm (and dropout) in frozen layers do while fine-tuning: "eval" keeps their
 # running statistics fixed; "train" normalises with batch statistics and updates them.
 FROZEN_BN_MODES = ("eval", "train")
+# The names a run folder shows, each a link to the file of the current generation.
+RUN_FILES = ("config.json", "metrics.jsonl", "best.safetensors", "last.safetensors",
+             "last.state.safetensors", "last.state.json")
+# What --resume may change in config.json: how the run is executed and how long it goes on, not
+# what it learns from. --epochs extends (or shortens) a run, its schedule stretched to the new
+# length; --patience only decides when to stop; the device, precision, layout, compilation,
+# processes, workers and threads change the speed, not the data, model or recipe (on another
+# device or precision the numbers are not bit-identical, as on any other machine); `out` and
+# `resume` are how the folder was named; the version and the provenance record who wrote it.
+# Everything else (data, size, model and aggregator options, optimizer, schedule, seed,
+# augmentation, batch size, validation split, ...) must be what the run was started with.
+RESUME_MAY_CHANGE = frozenset({
+    "epochs", "patience", "out", "resume", "device", "workers", "workers_resolved",
+    "threads_resolved", "world_size", "precision", "precision_resolved", "channels_last",
+    "channels_last_resolved", "compile", "compile_mode_resolved", "covidzoo_version",
+    "model.provenance",
+})
+# What torch says when BatchNorm trains on a batch of one value per channel.
+BATCHNORM_NEEDS_TWO = "Expected more than 1 value per channel when training"
+# The largest --seed: numpy seeds with 32 bits.
+MAX_SEED = 2**32 - 1
 
 
 @dataclass
@@ -115,6 +162,30 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check(self) -> None:
+        """Refuse values no run can use, naming the flag (the command line checks ranges too;
+        this also covers NaN, infinity and the Python API)."""
+        positive = {"--lr": self.lr, "--pos-weight": self.pos_weight}
+        for flag, value in {**positive, "--weight-decay": self.weight_decay}.items():
+            if value is not None and not (math.isfinite(value)
+                                          and (value > 0 or flag not in positive and value == 0)):
+                bound = "> 0" if flag in positive else ">= 0"
+                raise BadInputError(f"{flag} must be a finite number {bound}, got {value}")
+        counts = {"--epochs": (self.epochs, 1), "--batch-size": (self.batch_size, 1),
+                  "--warmup-epochs": (self.warmup_epochs, 0),
+                  "--freeze-epochs": (self.freeze_epochs, 0),
+                  "--unfreeze-last": (self.unfreeze_last, 0), "--patience": (self.patience, 1)}
+        for flag, (value, least) in counts.items():
+            if value is not None and value < least:
+                raise BadInputError(f"{flag} must be at least {least}, got {value}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise BadInputError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
+        if self.val_split is not None and not 0 < self.val_split < 1:
+            raise BadInputError(f"--val-split must be between 0 and 1, got {self.val_split}")
+        if self.frozen_bn not in FROZEN_BN_MODES:
+            raise BadInputError(f"--frozen-bn must be one of {', '.join(FROZEN_BN_MODES)}, "
+                                f"got '{self.frozen_bn}'")
 
     @property
     def source(self) -> DataSource:
@@ -173,6 +244,7 @@ class RunState:
     start_epoch: int = 1
     best_auc: float = -1.0
     stale: int = 0
+    has_best: bool = False  # a best.safetensors is saved
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -182,11 +254,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, quiet: bool = False) -> None:
         self.cfg = cfg
         self.quiet = quiet
-        if cfg.epochs is not None and cfg.epochs < 1:
-            raise BadInputError("--epochs must be at least 1")
-        if cfg.frozen_bn not in FROZEN_BN_MODES:
-            raise BadInputError(f"--frozen-bn must be one of {', '.join(FROZEN_BN_MODES)}, "
-                                f"got '{cfg.frozen_bn}'")
+        cfg.check()
         self.dist, self.device = setup_distributed(resolve_device(cfg.device))
         tune_cudnn(self.device)
         self.workers = resolve_workers(cfg.workers, self.device)
@@ -205,25 +273,128 @@ class Trainer:
                       f"{RUNS}/")
         else:
             self.out = Path(cfg.out or broadcast(self.dist, default_out(cfg.backbone)))
-        self._check_out()
-        barrier(self.dist)  # every rank has checked the run folder before rank 0 writes to it
+        self.generations = Generations(self.out, prefix="epoch")
+        self.resume_from: Generation | None = None  # what `open_run_folder` found to continue
+        self._check_out_path()
+
+    # -- the run folder --
+
+    def _check_out_path(self) -> None:
+        """Refuse an --out that cannot be a run folder before any work (nothing is written)."""
+        for folder in (self.out, *self.out.parents):
+            if folder.exists() or folder.is_symlink():
+                if not folder.is_dir():
+                    where = "" if folder == self.out else f" ({folder} is a file)"
+                    raise BadInputError(f"--out {self.out}: not a folder{where}")
+                break
+        if self.cfg.resume and not self.out.is_dir():
+            raise BadInputError(f"--resume: no run folder {self.out} to resume from")
+
+    @contextmanager
+    def locked_run_folder(self) -> Iterator[None]:
+        """Hold the run folder's lock (rank 0) while the run reads and writes it, and check it
+        under the lock (`open_run_folder`); the other ranks learn rank 0's verdict. Where the
+        run ends without a saved epoch (refused, or the set-up failed), the lock file and
+        folder it created are removed again."""
+        if not self.dist.main:
+            refused = broadcast(self.dist, None)
+            if refused is not None:
+                raise BadInputError(refused)
+            self.resume_from = self._resumable(write=False) if self.cfg.resume else None
+            yield
+            return
+        created = [p for p in (self.out, self.out / LOCK_NAME, self.out / GENERATIONS)
+                   if not p.exists()]
+        try:
+            with ExitStack() as lock:
+                try:
+                    lock.enter_context(exclusive_lock(self.out, "a training run"))
+                    self.open_run_folder()
+                except Exception as exc:
+                    broadcast(self.dist, one_line(exc))  # every rank stops, not rank 0 alone
+                    raise
+                broadcast(self.dist, None)
+                yield
+        finally:
+            if created and self.generations.current_label() is None:
+                self._remove_unused(created)
+
+    def open_run_folder(self) -> None:
+        """Under the lock: clean up what a crash left, then check the folder is free (a new run)
+        or find the generation to continue (--resume), repairing the links."""
+        self.generations.clean()
+        if not self.cfg.resume:
+            if self._foreign_entries() or self.generations.labels() or (
+                    self.generations.current_label() is not None):
+                raise BadInputError(
+                    f"{self.out} already holds a run; pass --resume or choose another --out")
+            return
+        for name in RUN_FILES:
+            link = self.out / name
+            if (link.exists() or link.is_symlink()) and not self._is_our_link(link):
+                raise BadInputError(
+                    f"--resume: {link} is not the link to {CURRENT}/{name} that covidzoo keeps "
+                    "in a run folder (a folder of another program or of an older covidzoo)")
+        self.resume_from = self._resumable(write=True)
+        if self.resume_from is None:
+            if not (self.out / GENERATIONS).is_dir():
+                raise BadInputError(f"--resume: no run in {self.out} to resume from")
+            self._log(f"--resume: {self.out} holds no finished save yet; starting from epoch 1")
+        else:
+            self._link(self.resume_from)
+
+    def _resumable(self, write: bool) -> Generation | None:
+        """The verified generation to continue from (see `Generations.resumable`), of the same
+        backbone; `write=False` (the other ranks) only reads the one rank 0 chose."""
+        if write:
+            found = self.generations.resumable(warn=self._warn)
+        else:
+            label = self.generations.current_label()
+            found = None if label is None else self.generations.verify(label)
+        if found is not None:
+            spec = read_spec(found.path / "last.safetensors")
+            if spec.backbone != self.cfg.backbone:
+                raise BadInputError(f"--resume: {self.out / 'last.safetensors'} holds a "
+                                    f"'{spec.backbone}' model, not '{self.cfg.backbone}'")
+        return found
+
+    def _foreign_entries(self) -> list[str]:
+        """What the folder holds that a training run did not write."""
+        if not self.out.is_dir():
+            return []
+        ours = {LOCK_NAME, GENERATIONS, CURRENT}
+        return sorted(p.name for p in self.out.iterdir()
+                      if p.name not in ours and not self._is_our_link(p))
+
+    def _is_our_link(self, path: Path) -> bool:
+        return (path.name in RUN_FILES and path.is_symlink()
+                and Path(os.readlink(path)) == Path(CURRENT) / path.name)
+
+    def _link(self, generation: Generation) -> None:
+        """Each of the run folder's names links to its file in the current generation; a name
+        the generation lacks (no best model yet) has no link."""
+        for name in RUN_FILES:
+            link = self.out / name
+            if name in generation and not link.is_symlink():
+                os.symlink(Path(CURRENT) / name, link)
+            elif name not in generation and self._is_our_link(link):
+                link.unlink()
+
+    def _remove_unused(self, created: list[Path]) -> None:
+        """Remove what this run created and left unused: the lock file, an empty generations
+        folder, the run folder when nothing else is in it."""
+        for path in reversed(created):
+            with suppress(OSError):
+                if path.is_dir():
+                    path.rmdir()  # only when empty
+                elif path.exists():
+                    path.unlink()
+
+    def _warn(self, message: str) -> None:
+        if self.dist.main:
+            print(f"covidzoo: warning: {message}", file=sys.stderr)
 
     # -- set-up --
-
-    def _check_out(self) -> None:
-        last = self.out / "last.safetensors"
-        if self.cfg.resume:
-            if not last.is_file():
-                raise BadInputError(f"--resume: no {last} to resume from")
-            spec = read_spec(last)
-            if spec.backbone != self.cfg.backbone:
-                raise BadInputError(
-                    f"--resume: {last} holds a '{spec.backbone}' model, not '{self.cfg.backbone}'"
-                )
-        elif self.out.exists() and any(self.out.iterdir()):
-            raise BadInputError(
-                f"{self.out} already holds a run; pass --resume or choose another --out"
-            )
 
     def _log(self, message: str) -> None:
         if self.dist.main and not self.quiet:
@@ -232,10 +403,10 @@ class Trainer:
     def _loader(self, dataset: Dataset, train: bool, epoch: int) -> DataLoader:
         """The run's loader of `dataset` (one per data set, see `training_loader`) at `epoch`."""
         if id(dataset) not in self._loaders:
+            per_rank = -(-len(dataset) // self.dist.world)  # type: ignore[arg-type]
             loader = training_loader(
                 dataset, self.cfg.batch_size, self.workers, self.device, seed=self.cfg.seed,
-                shuffle=train, dist=self.dist,
-                drop_last=train and len(dataset) > self.cfg.batch_size,  # type: ignore[arg-type]
+                shuffle=train, dist=self.dist, drop_last=train and per_rank > self.cfg.batch_size,
             )
             self._loaders[id(dataset)] = (dataset, loader)  # the data set kept: ids stay unique
         loader = self._loaders[id(dataset)][1]
@@ -284,6 +455,9 @@ class Trainer:
         check_scan_size(spec.backbone, size, spec.model_args, spec.aggregator,
                         spec.aggregator_args)  # before the data is prepared
         epochs = cfg.epochs or (DEMO_EPOCHS if cfg.source.is_demo else DEFAULT_EPOCHS)
+        saved_config = self._saved_config()
+        if saved_config is not None:  # the settings known so far, before the data is prepared
+            self._check_same_run(saved_config, {**cfg.to_dict(), "size": list(size)})
         data = self._load_data(size)
         model, spec = self._build_model(data.preprocess)
         if cfg.freeze_epochs > 0:
@@ -309,22 +483,48 @@ class Trainer:
             pos_weight=None if cfg.pos_weight is None else torch.tensor([cfg.pos_weight],
                                                                          device=self.device),
         )
-        if cfg.resume:
-            self._restore(state)
+        if saved_config is not None:
+            self._check_same_run(saved_config, self._resolved_config(state), every_key=True)
+        if self.resume_from is not None:
+            self._restore(state, self.resume_from)
         if self.dist.world > 1:
             state.train_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None
             )
         if self.compile_mode is not None:
             state.train_model = torch.compile(state.train_model, mode=self.compile_mode)
-        if self.dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.out / "config.json",
-                              json.dumps(self._resolved_config(state), indent=2))
-            if not cfg.resume:
-                with interrupts_deferred():
-                    self._save_last(state, epoch=0)
+        if self.dist.main and self.resume_from is None:  # an epoch-0 save to resume from
+            with interrupts_deferred():
+                self._save(state, epoch=0)
         return state
+
+    def _saved_config(self) -> dict[str, Any] | None:
+        """The config.json of the generation --resume continues from (None: a new run)."""
+        if self.resume_from is None:
+            return None
+        path = self.resume_from.path / "config.json"
+        try:
+            saved = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise BadInputError(f"{path}: corrupt run configuration ({exc})") from None
+        if not isinstance(saved, dict):
+            raise BadInputError(f"{path}: corrupt run configuration (not a JSON object)")
+        return saved
+
+    def _check_same_run(self, saved: dict[str, Any], now: dict[str, Any],
+                        every_key: bool = False) -> None:
+        """Refuse to continue a run with other data or settings than it was started with (all
+        but `RESUME_MAY_CHANGE`), naming each difference; `every_key=False` compares only the
+        keys of `now`."""
+        old, new = _flat(saved), _flat(json.loads(json.dumps(now)))
+        keys = sorted(set(old) | set(new)) if every_key else sorted(new)
+        differ = [f"{key} {json.dumps(old.get(key))} then, {json.dumps(new.get(key))} now"
+                  for key in keys
+                  if key not in RESUME_MAY_CHANGE and old.get(key) != new.get(key)]
+        if differ:
+            raise BadInputError(
+                f"--resume: {self.out} was started with other settings: {'; '.join(differ)}; "
+                "give the same ones, or choose another --out for a new run")
 
     def _resolved_config(self, state: RunState) -> dict[str, Any]:
         return {**self.cfg.to_dict(), "size": list(state.size), "epochs": state.epochs,
@@ -340,15 +540,16 @@ class Trainer:
     # -- the loop --
 
     def run(self) -> dict[str, Any]:
-        state = self.setup()
-        self._log(
-            f"training {self.cfg.backbone} on {state.data.source}: {len(state.data.train)} train"
-            f" / {len(state.data.val)} val scans of {'x'.join(map(str, state.size))}, "
-            f"{state.epochs} epochs, {self.precision.name} on {self.device}"
-        )
-        started = time.perf_counter()
-        completed, interrupted = self._epochs(state)
-        return self._summary(state, completed, interrupted, time.perf_counter() - started)
+        with self.locked_run_folder():
+            state = self.setup()
+            self._log(
+                f"training {self.cfg.backbone} on {state.data.source}: {len(state.data.train)} "
+                f"train / {len(state.data.val)} val scans of {'x'.join(map(str, state.size))}, "
+                f"{state.epochs} epochs, {self.precision.name} on {self.device}"
+            )
+            started = time.perf_counter()
+            completed, interrupted = self._epochs(state)
+            return self._summary(state, completed, interrupted, time.perf_counter() - started)
 
     def _epochs(self, state: RunState) -> tuple[int, bool]:
         """Train from `state.start_epoch` on; returns (last epoch on disk, interrupted)."""
@@ -405,14 +606,9 @@ class Trainer:
         return row
 
     def _record(self, state: RunState, row: dict[str, Any]) -> None:
-        """Write an epoch's metrics line, the best checkpoint when it improved, and last."""
+        """Save the epoch: its metrics line, the best checkpoint when it improved, and last."""
         improved = row.pop("improved")
-        with (self.out / "metrics.jsonl").open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        if improved:
-            state.spec.threshold = row["val_threshold"]
-            save_checkpoint(self.out / "best.safetensors", state.model, state.spec)
-        self._save_last(state, epoch=row["epoch"], threshold=row["val_threshold"])
+        self._save(state, epoch=row["epoch"], threshold=row["val_threshold"], best=improved)
 
     def _summary(self, state: RunState, completed: int, interrupted: bool,
                  seconds: float) -> dict[str, Any]:
@@ -466,9 +662,18 @@ class Trainer:
             for batch, labels in loader:
                 x, y = device_batch(batch, labels, self.device, self.channels_last_scans,
                                     state.augment)
-                loss = train_step(state.train_model, x, y, state.optimizer, state.scaler,
-                                  self.precision, cuda_graphs=cuda_graphs,
-                                  pos_weight=state.pos_weight)
+                try:
+                    loss = train_step(state.train_model, x, y, state.optimizer, state.scaler,
+                                      self.precision, cuda_graphs=cuda_graphs,
+                                      pos_weight=state.pos_weight)
+                except ValueError as exc:
+                    if BATCHNORM_NEEDS_TWO not in str(exc):
+                        raise
+                    raise BadInputError(
+                        f"--batch-size {self.cfg.batch_size}: a training batch of {len(y)} "
+                        f"scan leaves {self.cfg.backbone}'s BatchNorm layers one value per "
+                        f"channel at {'x'.join(map(str, state.size))}; use --batch-size 2 or "
+                        "more") from None
                 state.scheduler.step()
                 total += loss * len(y)
                 seen += len(y)
@@ -510,44 +715,97 @@ class Trainer:
 
     # -- checkpoints --
 
-    def _save_last(self, state: RunState, *, epoch: int, threshold: float | None = None) -> None:
-        last = self.out / "last.safetensors"
-        # The state first: a last.safetensors always has the state of its own epoch beside it.
-        save_state(last, {
-            "epoch": epoch, "best_auc": state.best_auc, "stale": state.stale,
-            "optimizer": state.optimizer.state_dict(),
-            "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict(),
-            "rng": rng_state(),
-            "augment": state.augment.state_dict() if state.augment is not None else None,
-        })
-        save_checkpoint(last, state.model, replace(state.spec, threshold=threshold))
+    def _save(self, state: RunState, *, epoch: int, threshold: float | None = None,
+              best: bool = False) -> None:
+        """Save everything the run folder holds after `epoch` as one generation (see the module
+        docstring): the configuration, the metrics so far, last with its resume state, and best
+        (written anew when `best`, otherwise taken over from the previous generation)."""
+        spec = replace(state.spec, threshold=threshold)
 
-    def _restore(self, state: RunState) -> None:
-        """Load last.safetensors and its saved state into `state` (--resume)."""
+        def write(folder: Path) -> None:
+            (folder / "config.json").write_text(
+                json.dumps(self._resolved_config(state), indent=2))
+            (folder / "metrics.jsonl").write_text(
+                "".join(json.dumps(row) + "\n" for row in state.history))
+            if best:
+                save_checkpoint(folder / "best.safetensors", state.model, spec)
+            save_checkpoint(folder / "last.safetensors", state.model, spec)
+            kill_point("weights", epoch)
+            save_state(folder / "last.safetensors", {
+                "epoch": epoch, "best_auc": state.best_auc, "stale": state.stale,
+                "optimizer": state.optimizer.state_dict(),
+                "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict(),
+                "rng": rng_state(),
+                "augment": state.augment.state_dict() if state.augment is not None else None,
+            })
+
+        carry = () if best or not state.has_best else ("best.safetensors",)
+        self._link(self.generations.commit(epoch, write, carry=carry))
+        state.has_best = state.has_best or best
+
+    def _restore(self, state: RunState, generation: Generation) -> None:
+        """Load the saved generation into `state` (--resume): the model, the optimizer,
+        schedule, scaler, augmentation and RNG states, the metrics so far."""
         from safetensors.torch import load_file
 
-        last = self.out / "last.safetensors"
+        last = generation.path / "last.safetensors"
         saved = load_state(last)
         try:
             state.model.load_state_dict(load_file(str(last), device=str(self.device)))
         except RuntimeError as exc:
-            raise BadInputError(f"--resume: {last} does not fit this model ({exc})") from exc
-        state.optimizer.load_state_dict(saved["optimizer"])
-        state.scheduler.load_state_dict(saved["scheduler"])
-        if saved["scaler"]:
-            state.scaler.load_state_dict(saved["scaler"])
-        if state.augment is not None and saved.get("augment"):
-            state.augment.load_state_dict(saved["augment"])
-        set_rng_state(saved["rng"])
-        metrics = self.out / "metrics.jsonl"
-        if metrics.is_file():
-            rows = [json.loads(line) for line in metrics.read_text().splitlines() if line]
-            state.history = [r for r in rows if r["epoch"] <= saved["epoch"]]
-            if self.dist.main and len(state.history) != len(rows):  # epochs after the checkpoint
-                atomic_write_text(metrics,
-                                  "".join(json.dumps(r) + "\n" for r in state.history))
-        state.start_epoch = int(saved["epoch"]) + 1
-        state.best_auc, state.stale = float(saved["best_auc"]), int(saved["stale"])
+            raise BadInputError(f"--resume: {last} does not fit this model ({one_line(exc)})"
+                                ) from None
+        saved_json = state_paths(last)[1]
+        try:
+            state.optimizer.load_state_dict(saved["optimizer"])
+            state.scheduler.load_state_dict(saved["scheduler"])
+            if saved["scaler"]:
+                state.scaler.load_state_dict(saved["scaler"])
+            if state.augment is not None and saved.get("augment"):
+                state.augment.load_state_dict(saved["augment"])
+            set_rng_state(saved["rng"])
+            state.start_epoch = int(saved["epoch"]) + 1
+            state.best_auc, state.stale = float(saved["best_auc"]), int(saved["stale"])
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise BadInputError(f"--resume: {saved_json} does not fit this run "
+                                f"({one_line(exc)})") from None
+        if state.start_epoch - 1 != generation.label:
+            raise BadInputError(f"--resume: {saved_json} is of epoch "
+                                f"{state.start_epoch - 1}, its generation of {generation.label}")
+        state.history = read_metrics(generation.path / "metrics.jsonl", generation.label)
+        state.has_best = "best.safetensors" in generation
+
+
+def _flat(config: dict[str, Any]) -> dict[str, Any]:
+    """config.json's keys, the model spec's spread out as `model.KEY` (so that a difference is
+    named precisely and the spec's provenance may change)."""
+    flat = {k: v for k, v in config.items() if k != "model"}
+    model = config.get("model")
+    if isinstance(model, dict):
+        flat.update({f"model.{k}": v for k, v in model.items()})
+    elif model is not None:
+        flat["model"] = model
+    return flat
+
+
+def read_metrics(path: Path, epochs: int) -> list[dict[str, Any]]:
+    """The metrics rows of epochs 1..`epochs` in a saved metrics.jsonl, each checked."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"{path}: unreadable ({exc})") from None
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or row.get("epoch") != number:
+                raise ValueError(f"not the row of epoch {number}")
+        except ValueError as exc:
+            raise BadInputError(f"{path}: line {number} is corrupt ({exc})") from None
+        rows.append(row)
+    if len(rows) != epochs:
+        raise BadInputError(f"{path}: {len(rows)} rows for {epochs} epochs")
+    return rows
 
 
 def train(cfg: TrainConfig, quiet: bool = False) -> dict[str, Any]:

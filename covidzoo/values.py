@@ -7,7 +7,9 @@ them, while `--json` keeps full precision. Nothing here imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from numbers import Integral
 
 from .errors import BadInputError
@@ -43,12 +45,43 @@ def parse_float(flag: str, text: str) -> float:
     return value
 
 
+def parse_probability(flag: str, text: str) -> float:
+    """One finite number within [0, 1]: a probability, or a threshold on one."""
+    value = parse_float(flag, text)
+    if not 0.0 <= value <= 1.0:
+        raise BadInputError(f"{flag}: {text} must be within [0, 1]")
+    return value
+
+
 def parse_names(flag: str, text: str) -> list[str]:
     """`"resnet18,densenet121"` -> `["resnet18", "densenet121"]`; no empty item."""
     names = [n.strip() for n in text.split(",")]
     if not all(names):
         raise BadInputError(f"{flag}: '{text}' has an empty item")
     return names
+
+
+# --- text from files for people ----------------------------------------------------------------
+
+
+def printable(text: str) -> str:
+    """`text` with line breaks and other control characters escaped (`\\n`), so that a name
+    read from an untrusted file cannot break the one line an error is shown as."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+@contextlib.contextmanager
+def printable_errors() -> Iterator[None]:
+    """Re-raise a `BadInputError` whose message holds a control character with it escaped
+    (`printable`): around code that puts what a file says into its messages."""
+    try:
+        yield
+    except BadInputError as exc:
+        text = printable(str(exc))
+        if text == str(exc):
+            raise
+        raise type(exc)(text) from exc
 
 
 # --- numbers for people -------------------------------------------------------------------------

@@ -176,17 +176,17 @@ def test_failed_configuration_is_a_result_not_a_crash(monkeypatch):
 
 def test_end_to_end_from_a_cache(tmp_path):
     from covidzoo.data import PreprocessConfig
-    from covidzoo.data.cache import save_volume, write_index
+    from covidzoo.data.cache import save_volume, volume_file, write_index
 
     rng = np.random.default_rng(0)
     entries = []
     (tmp_path / "volumes").mkdir()
     for i in range(4):
-        save_volume(tmp_path / "volumes" / f"{i}.npy",
-                    rng.integers(0, 255, (8, 16, 16), dtype=np.uint8))
-        entries.append({"source": str(i), "file": f"volumes/{i}.npy", "label": i % 2,
-                        "split": "train", "fingerprint": {}, "shape": [8, 16, 16],
-                        "warnings": []})
+        stored = save_volume(tmp_path / volume_file(str(i)),
+                             rng.integers(0, 255, (8, 16, 16), dtype=np.uint8))
+        entries.append({"source": str(i), "file": volume_file(str(i)), "label": i % 2,
+                        "split": "train", "warnings": [], **stored,
+                        "fingerprint": {"files": 1, "bytes": 0, "mtime_ns": 0}})
     write_index(tmp_path, PreprocessConfig(size=(8, 16, 16)), entries)
     r = bench.run_config(tiny(mode="train", input_size=None, e2e_cache=str(tmp_path),
                               workers=0, iters=3))

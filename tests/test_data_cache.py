@@ -95,3 +95,52 @@ def test_two_workers(tmp_path):
 def test_not_a_cache(tmp_path):
     with pytest.raises(BadInputError, match="not a covidzoo cache"):
         CachedScans(tmp_path)
+
+
+def test_implicit_caches_wait_for_the_lock_and_explicit_ones_refuse(tmp_path):
+    import threading
+
+    from covidzoo.fileio import exclusive_lock
+
+    records = _records(tmp_path, n=2)
+    done: list = []
+    with exclusive_lock(tmp_path / "c", "data prepare"):
+        with pytest.raises(BadInputError, match="already writing"):
+            prepare_cache(records, tmp_path / "c", CFG, workers=0, progress=False,
+                          wait_if_busy=False)
+        waiter = threading.Thread(target=lambda: done.append(
+            prepare_cache(records, tmp_path / "c", CFG, workers=0, progress=False)))
+        waiter.start()
+        waiter.join(0.6)
+        assert waiter.is_alive() and not done  # waiting, not refused, not writing
+    waiter.join(30)
+    assert len(done[0].done) == 2
+    index = json.loads((tmp_path / "c" / "index.json").read_text())
+    assert ".covidzoo.lock" not in json.dumps(index)  # the lock file is not cache content
+
+
+def test_index_records_checksums_and_owned_files(tmp_path):
+    import hashlib
+
+    records = _records(tmp_path, n=2)
+    prepare_cache(records, tmp_path / "c", CFG, workers=0, progress=False)
+    index = json.loads((tmp_path / "c" / "index.json").read_text())
+    assert index["format"] == 2 and index["owned"] == sorted(e["file"] for e in index["entries"])
+    for entry in index["entries"]:
+        data = (tmp_path / "c" / entry["file"]).read_bytes()
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["bytes"] == len(data) and entry["dtype"] == "|u1"
+        assert entry["shape"] == list(CFG.size)
+
+
+def test_training_data_every_scan_failed_is_bad_input(tmp_path, monkeypatch):
+    from covidzoo.data import data_source, training_data
+
+    monkeypatch.setenv("COVIDZOO_CACHE", str(tmp_path / "zoo"))
+    for split in ("train", "val"):
+        for label in ("covid", "non-covid"):
+            folder = tmp_path / "d" / split / label
+            folder.mkdir(parents=True)
+            np.save(folder / "x.npy", np.full((4, 8, 8), np.nan, np.float32))
+    with pytest.raises(BadInputError, match="every scan of .* failed to read .*NaN"):
+        training_data(data_source(tmp_path / "d"), CFG.size, quiet=True)

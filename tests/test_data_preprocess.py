@@ -113,3 +113,85 @@ def test_bad_manifest(tmp_path, text, match):
     (tmp_path / "m.csv").write_text(text)
     with pytest.raises(BadInputError, match=match):
         find_scans(manifest=tmp_path / "m.csv")
+
+
+def _whole_volume_reference(hu: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """The preprocessing as it was before streaming: window the whole volume, one trilinear
+    resize of it, round."""
+    import torch
+    import torch.nn.functional as F
+
+    d, h, w = hu.shape
+    kd, kh, kw = int(d * cfg.crop_slices), int(h * cfg.crop_border), int(w * cfg.crop_border)
+    hu = hu[kd:d - kd, kh:h - kh, kw:w - kw]
+    level, width = cfg.window
+    unit = np.clip((hu - np.float32(level - width / 2)) * np.float32(1 / width), 0, 1)
+    out = F.interpolate(torch.from_numpy(np.ascontiguousarray(unit, np.float32))[None, None],
+                        size=cfg.size, mode="trilinear", align_corners=False)[0, 0].numpy()
+    return np.clip(out * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("shape, size, crop", [
+    ((70, 40, 36), (16, 24, 24), 0.0),  # several slabs, downsampled
+    ((9, 20, 20), (20, 32, 32), 0.0),  # depth upsampled
+    ((50, 33, 31), (50, 16, 16), 0.1),  # depth kept, cropped
+])
+def test_streamed_resize_matches_the_whole_volume_resize(shape, size, crop):
+    hu = np.random.default_rng(0).uniform(-1400, 300, shape).astype(np.float32)
+    cfg = PreprocessConfig(size=size, crop_slices=crop, crop_border=crop)
+    ours = preprocess(_volume(hu), cfg).astype(int)
+    reference = _whole_volume_reference(hu, cfg).astype(int)
+    assert ours.shape == size
+    # separable float32 sums round differently from torch's in the last bit at most
+    assert np.abs(ours - reference).max() <= 1 and (ours != reference).mean() < 0.01
+
+
+def test_npy_is_read_a_slab_at_a_time(tmp_path):
+    from covidzoo.data import read_scan
+    from covidzoo.data.arrays import NpyFile
+
+    hu = np.arange(40 * 6 * 5, dtype=np.int16).reshape(40, 6, 5) - 1000
+    np.save(tmp_path / "s.npy", hu)
+    volume = read_scan(tmp_path / "s.npy")
+    assert isinstance(volume.values, NpyFile) and volume.shape == (40, 6, 5)
+    np.testing.assert_array_equal(volume.slab(17, 23), hu[17:23].astype(np.float32))
+    np.testing.assert_array_equal(volume.array, hu.astype(np.float32))
+
+
+def test_slab_applies_the_per_slice_rescale_and_names_the_slice_file():
+    stored = np.full((3, 2, 2), 100, np.int16)
+    volume = Volume(stored, (1.0, 1.0, 1.0), "series", "dicom",
+                    slope=np.array([1, 2, 1e6], np.float32),
+                    intercept=np.array([-1024, 0, 0], np.float32), files=["a", "b", "c"])
+    np.testing.assert_array_equal(volume.slab(0, 2)[:, 0, 0], [-924, 200])
+    assert stored[0, 0, 0] == 100  # the stored values are left as they are
+    with pytest.raises(BadInputError, match=r"^c: values 1e\+08 to 1e\+08 HU \(slice 2\)"):
+        volume.slab(0, 3)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".dcm"])
+def test_a_long_scan_is_never_in_memory_whole(tmp_path, suffix):
+    """numpy reports its allocations to tracemalloc: reading the whole scan (400 x 64 x 64, or
+    120 DICOM slices of 128 x 128) would allocate 3.3 MB or 3.9 MB as int16, twice that as
+    float32; a slab at a time stays far below."""
+    import tracemalloc
+
+    from covidzoo.data import load_scan
+
+    if suffix == ".npy":
+        path = tmp_path / "long.npy"
+        np.save(path, np.random.default_rng(0).integers(-1000, 400, (400, 64, 64), np.int16))
+    else:
+        from data_helpers import write_series
+
+        path = tmp_path / "series"
+        write_series(path, list(range(120)))
+    cfg = PreprocessConfig(size=(8, 32, 32))
+    load_scan(path, cfg)  # warm-up: lazy imports allocate too
+    tracemalloc.start()
+    try:
+        load_scan(path, cfg)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3_000_000, peak

@@ -223,6 +223,12 @@ def test_torchrun_two_gloo_processes(dataset, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["world_size"] == 2
     load_checkpoint(run / "best.safetensors")
+    # Every rank continues from the generation rank 0 verified under the run folder's lock.
+    cmd[cmd.index("--epochs") + 1] = "3"
+    done = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [r["epoch"] for r in metrics_rows(run)] == [1, 2, 3]
 
 
 def test_staged_fine_tuning_freezes_then_opens_the_last_layers(dataset, tmp_path, monkeypatch):

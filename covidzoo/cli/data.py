@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import BadInputError, CovidzooError
+from ..errors import BadInputError
 from ..factory import DEFAULT_SCAN_SIZE
 from .options import parse_size, print_json, print_table, threads_option, workers_option
 
@@ -104,7 +104,8 @@ def prepare(root: Path, out: Path, size: str | None, window: str, crop_slices: f
         val_split=val_split, seed=seed,
     )
     result = prepare_cache(records, out, cfg, workers=workers, strict=strict,
-                           progress=not no_progress and not as_json)
+                           progress=not no_progress and not as_json, wait_if_busy=False,
+                           data_set=root)
     if as_json:
         print_json(result.to_dict())
     else:
@@ -115,8 +116,8 @@ def prepare(root: Path, out: Path, size: str | None, window: str, crop_slices: f
         )
         if result.failed:
             print_table("Failed scans", ["scan", "reason"], result.failed)
-    if result.failed and not result.done and not result.skipped:
-        raise CovidzooError(f"every scan failed ({len(result.failed)}); first: "
+    if result.failed and not result.done and not result.skipped:  # the data is bad, not the job
+        raise BadInputError(f"every scan failed to read ({len(result.failed)}); first: "
                             f"{result.failed[0][1]}")
 
 

@@ -14,10 +14,19 @@ from typing import Any
 import click
 
 from ..values import format_apart, format_number
-from .options import cache_option, data_options, print_json, print_table, runtime_options
+from .options import (
+    cache_option,
+    data_options,
+    print_json,
+    print_table,
+    runtime_options,
+    seed_option,
+)
 
 # The splits a command can evaluate or fit on; "all" is every scan.
 SPLITS = ("train", "val", "test", "all")
+# Bootstrap resamples: 1,000-10,000 are the usual; a million is already hours of metrics.
+MAX_BOOTSTRAP = 1_000_000
 
 
 def _fmt(value: Any) -> str:
@@ -46,9 +55,10 @@ def _report_failed(failed: Sequence[tuple[str, str]]) -> None:
 @click.option("--threshold", default="checkpoint", show_default=True,
               help="checkpoint (chosen on validation data), youden (of the evaluated data: "
                    "optimistic) or a number.")
-@click.option("--bootstrap", default=0, show_default=True, type=click.IntRange(min=0),
+@click.option("--bootstrap", default=0, show_default=True,
+              type=click.IntRange(0, MAX_BOOTSTRAP),
               help="Bootstrap resamples for 95% CIs of AUC and macro F1 (0: none).")
-@click.option("--seed", default=0, show_default=True, help="Seed of --bootstrap.")
+@seed_option("Seed of --bootstrap.")
 @click.option("--roc", type=click.Path(path_type=Path), help="Write the ROC curve to this PNG.")
 @click.option("--predictions", type=click.Path(path_type=Path),
               help="Write path,label,probability,predicted per scan to this CSV.")
@@ -127,7 +137,7 @@ def _print_report(title: str, report: dict[str, Any], chosen: Any) -> None:
               help="Scans the members and the fusion are scored on.")
 @click.option("--folds", default=5, show_default=True, type=click.IntRange(min=2),
               help="Stratified folds for cross-fitting where scored scans are in the fit split.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the cross-fitting folds.")
+@seed_option("Seed of the cross-fitting folds.")
 @click.option("--save", type=click.Path(path_type=Path),
               help="Write the fitted ensemble to this JSON file (for predict and evaluate).")
 @click.option("--roc", type=click.Path(path_type=Path),

@@ -66,7 +66,7 @@ def show(
     output shape, parameters, FLOPs) for one input of --input-size; architecture options
     (--depths, --w0, ...) change the model shown, and any width adjustment is reported.
     """
-    from ..factory import get_component, list_components
+    from ..factory import get_component, list_components, require_module
     from ..registry import check_kind
 
     if kind is not None:
@@ -86,7 +86,7 @@ def show(
     size = _input_size(input_size, component.metadata)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = component.create(**kwargs)
+        model = require_module(component.create(**kwargs), component)
     adjustments = [str(w.message) for w in caught]
     if not hasattr(model, "complexity"):
         if input_size is not None:

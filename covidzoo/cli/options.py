@@ -90,6 +90,16 @@ def threads_option(function: F) -> F:
              "processes leave free, at least 1]")(function)
 
 
+# What numpy's and scikit-learn's seeded generators (RandomState) accept.
+SEED_RANGE = click.IntRange(0, 2**32 - 1)
+
+
+def seed_option(text: str) -> Callable[[F], F]:
+    """--seed, an integer numpy and scikit-learn accept (0 to 2^32 - 1); `text` says what it
+    seeds."""
+    return click.option("--seed", default=0, show_default=True, type=SEED_RANGE, help=text)
+
+
 def precision_option(function: F) -> F:
     """--precision for train, evaluate, ensemble and predict (bench takes a list)."""
     return click.option("--precision", default="auto", show_default=True,

@@ -22,7 +22,8 @@ from . import options as opt
 @click.option("--manifest", type=click.Path(), help="CSV of path,label[,split].")
 @click.option("--cache", type=click.Path(), help="A cache made by `covidzoo data prepare`.")
 @click.option("--size", help="Scan size D,H,W after preprocessing.")
-@click.option("--epochs", type=int, help="Epochs (default 15 on the demo data, else 30).")
+@click.option("--epochs", type=click.IntRange(min=1),
+              help="Epochs (default 15 on the demo data, else 30).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3,
               show_default=True)
@@ -51,7 +52,7 @@ from . import options as opt
                    "statistics (eval) or normalise with batch statistics and update them (train).")
 @click.option("--val-split", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Fraction of scans held out for validation when the data has no val split.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
 @click.option("--out", type=click.Path(), help="Run folder (default runs/BACKBONE-TIME).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.safetensors "
               "(without --out: the latest BACKBONE run under runs/).")
@@ -87,7 +88,15 @@ def train(backbone: str, model_arg: tuple[str, ...], aggregator_arg: tuple[str, 
     summary = run_training(cfg, quiet=as_json)
     if as_json:
         opt.print_json(summary)
-        return
+    else:
+        _print_summary(summary)
+    if summary["interrupted"]:  # saved what it could; the shell sees Ctrl-C's status
+        from . import INTERRUPTED
+
+        raise click.exceptions.Exit(INTERRUPTED)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
     click.echo(
         f"{summary['backbone']}: best AUC {format_number(summary['best_val_auc'])} at epoch "
         f"{summary['best_epoch']}, on the validation split ({summary['n_val']} scans; this split "

@@ -2,20 +2,26 @@
 
 Decoding a CT scan costs about a CPU-second; a GPU trains on hundreds of volumes a second. So
 every scan is preprocessed once into its own `.npy` file (uint8 `D x H x W`, memory-mappable)
-and `index.json` lists them with the `PreprocessConfig` that made them. A scan is redone only
-when its source changed (file count, bytes, newest mtime) or the config did. Every file is
-written to a temporary name and renamed into place, so an interrupted run leaves no half-written
-volume or index behind.
+and `index.json` lists them with the `PreprocessConfig` that made them, and each volume's shape,
+dtype, size and sha256. A scan is redone only when its source changed (file count, bytes, newest
+mtime), the config did, or its volume no longer matches its checksum. Every file is written to
+a temporary name and renamed into place, so an interrupted run leaves no half-written volume or
+index behind; readers verify what they read, so a file damaged later is refused, never used.
+A `prepare` deletes only files the index records as its own.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+import re
+import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import BadInputError, one_line
-from ..fileio import atomic_write, atomic_write_bytes
+from ..fileio import atomic_write_bytes, exclusive_lock
 from ..progress import progress_bar
 from .layouts import ScanRecord
 from .paths import prepared_dir
@@ -33,19 +39,30 @@ from .preprocess import PreprocessConfig, preprocess
 from .readers import read_scan
 
 INDEX_NAME = "index.json"
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2  # 2: each entry records its volume's dtype, bytes and sha256; "owned" files
 VOLUMES = "volumes"
+VOLUME_DTYPE = np.dtype(np.uint8).str
+SPLIT_NAMES = ("train", "val", "test")
+AGAIN = "run `covidzoo data prepare` again"
+# Names this module gives the files it writes: `volumes/<24 hex digits>.npy`, and the temporary
+# files `atomic_write` makes beside a volume or the index (`.<name>.<random>.tmp`). Nothing else
+# in a cache folder is ever deleted: it may be a user's own file, or another data set's cache.
+_VOLUME_FILE = re.compile(rf"{VOLUMES}/[0-9a-f]{{24}}\.npy")
+_OWN_TEMP = re.compile(r"\.([0-9a-f]{24}\.npy|index\.json)\.[A-Za-z0-9_]+\.tmp")
 
 
 @dataclass
 class PrepareResult:
     """What `prepare_cache` did: scans built (`done`), already up to date (`skipped`), and
-    `failed` as `(source, reason)` pairs."""
+    `failed` as `(source, reason)` pairs. `repaired` lists the scans of `done` whose cached
+    volume no longer matched its recorded checksum (truncated, zeroed, swapped) and was rebuilt.
+    """
 
     cache_dir: Path
     done: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
     seconds: float = 0.0
     workers: int = 0
 
@@ -60,6 +77,7 @@ class PrepareResult:
             "done": len(self.done),
             "skipped": len(self.skipped),
             "failed": [{"source": s, "reason": r} for s, r in self.failed],
+            "repaired": len(self.repaired),
             "seconds": round(self.seconds, 3),
             "workers": self.workers,
             "scans_per_s": round(self.scans_per_s, 3),
@@ -78,49 +96,230 @@ def source_fingerprint(path: Path) -> dict[str, int]:
     }
 
 
-def save_volume(path: Path, array: np.ndarray) -> None:
-    """Write `array` as `.npy` atomically (temporary file, then rename)."""
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a path
-            np.save(f, array, allow_pickle=False)
+def save_volume(path: Path, array: np.ndarray) -> dict[str, Any]:
+    """Write `array` as `.npy` atomically (temporary file, then rename); return what the index
+    records to verify it later: shape, dtype, bytes and sha256 of the file."""
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    data = buffer.getvalue()
+    atomic_write_bytes(path, data)
+    return {"shape": list(array.shape), "dtype": array.dtype.str, "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest()}
 
-    atomic_write(path, write)
+
+def write_index(cache_dir: Path, cfg: PreprocessConfig, entries: Sequence[dict[str, Any]],
+                owned: Iterable[str] = (), data_set: str | None = None) -> None:
+    """The index: config, entries, `owned`, every volume file this cache wrote and has not
+    deleted yet (the only files a later `prepare` may delete), and `data`, the data folder or
+    manifest the scans came from when known."""
+    files = sorted({e["file"] for e in entries} | set(owned))
+    data = {"format": INDEX_FORMAT, "config": cfg.to_dict(), "data": data_set,
+            "entries": list(entries), "owned": files}
+    atomic_write_bytes(cache_dir / INDEX_NAME, json.dumps(data, indent=1).encode())
 
 
-def write_index(cache_dir: Path, cfg: PreprocessConfig, entries: Sequence[dict[str, Any]]) -> None:
-    data = {"format": INDEX_FORMAT, "config": cfg.to_dict(), "entries": list(entries)}
-    text = json.dumps(data, indent=1).encode()
-    atomic_write_bytes(cache_dir / INDEX_NAME, text)
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise BadInputError(f"{path}: unreadable cache index ({one_line(exc)}); {AGAIN}") from exc
 
 
 def read_index(cache_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The cache's index: `{"format", "config", "entries": [...]}`."""
+    """The cache's index, `{"format", "config", "entries": [...], "owned": [...]}`, every part
+    checked: a label other than 0, 1 or none, a `file` other than the volume this module names
+    for the entry's source (nothing outside `volumes/`), a shape other than the config's size,
+    a missing key... is a `BadInputError` naming the index."""
     path = Path(cache_dir) / INDEX_NAME
     try:
-        data = json.loads(path.read_text())
+        data = _load_json(path)
     except FileNotFoundError as exc:
         raise BadInputError(f"{cache_dir}: not a covidzoo cache (no {INDEX_NAME})") from exc
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"{path}: unreadable cache index ({exc})") from exc
-    if data.get("format") != INDEX_FORMAT:
-        raise BadInputError(f"{path}: cache format {data.get('format')}, expected {INDEX_FORMAT}")
+    if not isinstance(data, dict) or "format" not in data:
+        raise BadInputError(f"{path}: not a covidzoo cache index")
+    if data["format"] != INDEX_FORMAT:
+        raise BadInputError(
+            f"{path}: cache format {data['format']!r}, expected {INDEX_FORMAT}; {AGAIN}")
+    try:
+        _check_index(data)
+    except (KeyError, TypeError, ValueError) as exc:  # BadInputError is a ValueError
+        reason = (one_line(exc, with_type=False) if isinstance(exc, BadInputError)
+                  else f"missing key {exc}" if isinstance(exc, KeyError)
+                  else f"malformed ({one_line(exc, with_type=False)})")
+        raise BadInputError(f"{path}: {reason}; {AGAIN}") from exc
     return data
+
+
+def _check_index(data: dict[str, Any]) -> None:
+    if not isinstance(data["config"], dict):
+        raise BadInputError("config is not an object")
+    cfg = PreprocessConfig.from_dict(data["config"])
+    if not isinstance(data["entries"], list) or not isinstance(data["owned"], list):
+        raise BadInputError("entries and owned must be lists")
+    if not isinstance(data.get("data"), str | None):
+        raise BadInputError("data must be a path or null")
+    seen: set[str] = set()
+    for number, entry in enumerate(data["entries"]):
+        try:
+            _check_entry(entry, cfg)
+        except BadInputError as exc:
+            raise BadInputError(f"entry {number}: {exc}") from exc
+        except KeyError as exc:
+            raise BadInputError(f"entry {number}: missing key {exc}") from exc
+        if entry["source"] in seen:
+            raise BadInputError(f"entry {number}: {entry['source']} listed twice")
+        seen.add(entry["source"])
+    bad = [f for f in data["owned"] if not (isinstance(f, str) and _VOLUME_FILE.fullmatch(f))]
+    if bad:
+        raise BadInputError(f"owned file {bad[0]!r} is not a volume of this cache")
+
+
+def _check_entry(entry: Any, cfg: PreprocessConfig) -> None:
+    if not isinstance(entry, dict):
+        raise BadInputError("not an object")
+    source, file = entry["source"], entry["file"]
+    if not isinstance(source, str) or file != volume_file(source):
+        raise BadInputError(f"file {file!r} is not the volume of source {source!r}")
+    label = entry["label"]
+    if label is not None and (type(label) is not int or label not in (0, 1)):
+        raise BadInputError(f"label {label!r}; labels are 0, 1 or null")
+    if entry["split"] not in SPLIT_NAMES:
+        raise BadInputError(f"split {entry['split']!r}; splits are {', '.join(SPLIT_NAMES)}")
+    if entry["shape"] != list(cfg.size) or entry["dtype"] != VOLUME_DTYPE:
+        raise BadInputError(f"a {entry['shape']} {entry['dtype']} volume in a cache of "
+                            f"{list(cfg.size)} {VOLUME_DTYPE}")
+    digest, size = entry["sha256"], entry["bytes"]
+    if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)
+            and type(size) is int and size > 0):
+        raise BadInputError("sha256 or bytes malformed")
+    fingerprint = entry["fingerprint"]
+    if not (isinstance(fingerprint, dict)
+            and all(type(fingerprint.get(k)) is int for k in ("files", "bytes", "mtime_ns"))):
+        raise BadInputError("fingerprint malformed")
+    if not (isinstance(entry["warnings"], list) and all(isinstance(w, str)
+                                                        for w in entry["warnings"])):
+        raise BadInputError("warnings must be a list of strings")
+
+
+def load_volume(root: Path, entry: dict[str, Any]) -> np.ndarray:
+    """The cached volume of a checked index entry, verified against the checksum, size, shape
+    and dtype recorded when it was written: a truncated, zeroed or swapped file is a
+    `BadInputError` naming it that tells the user to prepare the cache again."""
+    path = root / entry["file"]
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"{path}: cached volume unreadable ({exc.strerror}); {AGAIN}"
+                            ) from exc
+    if len(data) != entry["bytes"]:
+        raise BadInputError(f"{path}: cached volume has {len(data)} bytes, the index says "
+                            f"{entry['bytes']} (truncated?); {AGAIN}")
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise BadInputError(f"{path}: cached volume does not match its checksum (changed or "
+                            f"corrupt); {AGAIN}")
+    array = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+    if list(array.shape) != entry["shape"] or array.dtype.str != entry["dtype"]:
+        raise BadInputError(f"{path}: cached volume is {array.shape} {array.dtype}, the index "
+                            f"says {entry['shape']} {entry['dtype']}; {AGAIN}")
+    return array if array.flags.writeable else array.copy()
+
+
+def _intact(root: Path, entry: dict[str, Any]) -> bool:
+    try:
+        load_volume(root, entry)
+    except BadInputError:
+        return False
+    return True
 
 
 def _volume_name(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:24] + ".npy"
 
 
-def _build(source: str, cfg_dict: dict[str, Any], target: str) -> tuple[list[int], list[str]]:
+def volume_file(source: str) -> str:
+    """The index's `file` of a source's volume, relative to the cache folder: the only name
+    `read_index` accepts for it."""
+    return f"{VOLUMES}/{_volume_name(source)}"
+
+
+def _build(source: str, cfg_dict: dict[str, Any], target: str
+           ) -> tuple[dict[str, Any], list[str]]:
     """Read, preprocess and store one scan (in a worker process when workers > 0)."""
     volume = read_scan(source)
     array = preprocess(volume, PreprocessConfig.from_dict(cfg_dict))
-    save_volume(Path(target), array)
-    return list(array.shape), volume.warnings
+    return save_volume(Path(target), array), volume.warnings
 
 
 def _init_worker() -> None:
     torch.set_num_threads(1)  # one process per core; torch's own threads would oversubscribe
+
+
+@dataclass
+class _Previous:
+    """What a cache folder held before this `prepare`: reusable entries (a valid index of the
+    same config) and the volume files it recorded as its own."""
+
+    entries: dict[str, dict[str, Any]]
+    owned: set[str]
+    data_set: str | None = None
+
+
+def _previous(out: Path, cfg: PreprocessConfig) -> _Previous:
+    """The folder's index as far as it can be trusted. A valid one gives reusable entries; a
+    covidzoo index that fails its checks (an older format, an edited entry) gives only the
+    volume files it names in the shape this module writes them, which are rebuilt; a file
+    named `index.json` that is not a covidzoo index is refused, since writing over it would
+    destroy someone else's file."""
+    path = out / INDEX_NAME
+    try:
+        data = read_index(out)
+    except BadInputError:
+        if not path.exists():
+            return _Previous({}, set())
+        try:
+            data = _load_json(path)
+        except BadInputError:
+            raise BadInputError(
+                f"{path}: unreadable, so perhaps not a covidzoo cache index, and not overwritten; "
+                "choose another cache folder, or delete it if it is a damaged covidzoo index"
+            ) from None
+        if not isinstance(data, dict) or "format" not in data:
+            raise BadInputError(f"{path}: exists and is not a covidzoo cache index; choose "
+                                "another cache folder") from None
+        lists = [data[k] if isinstance(data.get(k), list) else [] for k in ("entries", "owned")]
+        named = [e.get("file") if isinstance(e, dict) else None for e in lists[0]] + lists[1]
+        data_set = data.get("data") if isinstance(data.get("data"), str) else None
+        return _Previous({}, {f for f in named if isinstance(f, str)
+                              and _VOLUME_FILE.fullmatch(f)}, data_set)
+    owned = {e["file"] for e in data["entries"]} | set(data["owned"])
+    reusable = {e["source"]: e for e in data["entries"]} if data["config"] == cfg.to_dict() else {}
+    return _Previous(reusable, owned, data.get("data"))
+
+
+@contextmanager
+def _cache_lock(folder: Path, wait: bool, notify: bool) -> Iterator[None]:
+    """Hold the cache folder's lock: refuse at once when another process holds it, or (`wait`)
+    wait for it, as `train` and `evaluate` do for the caches they make themselves."""
+    with ExitStack() as stack:
+        waiting = False
+        while True:
+            try:
+                stack.enter_context(exclusive_lock(folder, "data prepare"))
+                break
+            except BadInputError:
+                if not wait:
+                    raise
+                if notify and not waiting:
+                    print(f"covidzoo: waiting for another process preparing {folder}",
+                          file=sys.stderr)
+                waiting = True
+                time.sleep(0.2)
+            except OSError as exc:
+                raise BadInputError(f"{folder}: cannot write the cache ({exc.strerror})"
+                                    ) from exc
+        yield
 
 
 def prepare_cache(
@@ -130,25 +329,45 @@ def prepare_cache(
     workers: int = 1,
     strict: bool = False,
     progress: bool = True,
+    wait_if_busy: bool = True,
+    data_set: str | os.PathLike[str] | None = None,
 ) -> PrepareResult:
-    """Preprocess every record into `out_dir`, skipping scans already there and up to date.
+    """Preprocess every record into `out_dir`, skipping scans already there, up to date and
+    intact (their file matches the checksum recorded when it was written).
 
     A scan that fails is listed in `PrepareResult.failed` with its reason and skipped; with
     `strict` the first failure raises `BadInputError`. The cache mirrors `records`: volumes of
-    scans no longer listed are removed. `workers` processes build the scans (0: this process).
+    scans no longer listed are removed, but only files this cache recorded as its own; nothing
+    else in `out_dir` is touched. `workers` processes build the scans (0: this process).
+
+    One `prepare` at a time per folder (its `.covidzoo.lock`): another one holding it makes
+    this one wait (`wait_if_busy`, the default: the caches `train` and `evaluate` make for
+    themselves) or raise `BadInputError` (`covidzoo data prepare`).
+
+    `data_set` (the data folder or manifest, when known) is recorded in the index; preparing
+    another data set into a folder that holds one's cache is refused, not a deletion of it.
     """
     cfg = cfg or PreprocessConfig()
     if workers < 0:
         raise BadInputError(f"--workers must be at least 0, got {workers}")
     out = Path(out_dir)
+    data = None if data_set is None else str(Path(data_set).resolve())
+    with _cache_lock(out, wait_if_busy, progress):
+        return _prepare(list(records), out, cfg, workers, strict, progress, data)
+
+
+def _prepare(records: list[ScanRecord], out: Path, cfg: PreprocessConfig, workers: int,
+             strict: bool, progress: bool, data: str | None) -> PrepareResult:
     volumes = out / VOLUMES
-    volumes.mkdir(parents=True, exist_ok=True)
     try:
-        index = read_index(out)
-    except BadInputError:
-        index = {"config": None, "entries": []}
-    old = {e["source"]: e for e in index["entries"]}
-    same_config = index["config"] == cfg.to_dict()
+        volumes.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInputError(f"{volumes}: cannot create the folder ({exc.strerror})") from exc
+    previous = _previous(out, cfg)
+    if None not in (data, previous.data_set) and data != previous.data_set:
+        raise BadInputError(f"{out}: holds the cache of another data set ({previous.data_set}); "
+                            "choose another cache folder")
+    data = data or previous.data_set
     result = PrepareResult(out, workers=workers)
     entries: dict[str, dict[str, Any]] = {}
     todo: list[tuple[ScanRecord, str, dict[str, int]]] = []
@@ -161,35 +380,39 @@ def prepare_cache(
             if strict:
                 raise BadInputError(result.failed[-1][1]) from exc
             continue
-        entry = old.get(source)
-        if (same_config and entry is not None and entry["fingerprint"] == fingerprint
-                and (out / entry["file"]).exists()):
-            entries[source] = {**entry, "label": record.label, "split": record.split}
-            result.skipped.append(source)
-        else:
-            todo.append((record, source, fingerprint))
+        entry = previous.entries.get(source)
+        if entry is not None and entry["fingerprint"] == fingerprint:
+            if _intact(out, entry):
+                entries[source] = {**entry, "label": record.label, "split": record.split}
+                result.skipped.append(source)
+                continue
+            result.repaired.append(source)
+        todo.append((record, source, fingerprint))
+    owned = previous.owned | {volume_file(s) for _, s, _ in todo}
 
     start = time.perf_counter()
     flushed = start
 
     def finish(record: ScanRecord, source: str, fingerprint: dict[str, int],
-               outcome: tuple[list[int], list[str]] | BaseException) -> None:
+               outcome: tuple[dict[str, Any], list[str]] | BaseException) -> None:
         nonlocal flushed
         if isinstance(outcome, BaseException):
             result.failed.append((source, one_line(outcome)))
+            if source in result.repaired:
+                result.repaired.remove(source)
             if strict:
-                write_index(out, cfg, list(entries.values()))
+                write_index(out, cfg, list(entries.values()), owned, data)
                 raise BadInputError(one_line(outcome)) from outcome
             return
-        shape, warnings = outcome
+        stored, warnings = outcome
         entries[source] = {
-            "source": source, "file": f"{VOLUMES}/{_volume_name(source)}",
+            "source": source, "file": volume_file(source),
             "label": record.label, "split": record.split, "fingerprint": fingerprint,
-            "shape": shape, "warnings": warnings,
+            **stored, "warnings": warnings,
         }
         result.done.append(source)
         if time.perf_counter() - flushed > 2.0:  # a killed run keeps what it finished
-            write_index(out, cfg, list(entries.values()))
+            write_index(out, cfg, list(entries.values()), owned, data)
             flushed = time.perf_counter()
 
     with progress_bar(len(todo), "preparing", enabled=progress, rate_unit="scans") as advance:
@@ -205,12 +428,23 @@ def prepare_cache(
         else:
             _run_pool(todo, cfg, volumes, workers, finish, advance)
     result.seconds = time.perf_counter() - start
-    write_index(out, cfg, sorted(entries.values(), key=lambda e: (e["split"], e["source"])))
-    keep = {Path(e["file"]).name for e in entries.values()}
-    for stale in volumes.iterdir():  # volumes of scans no longer listed, and killed runs' temps
-        if stale.name not in keep:
-            stale.unlink(missing_ok=True)
+    final = sorted(entries.values(), key=lambda e: (e["split"], e["source"]))
+    keep = {e["file"] for e in final}
+    write_index(out, cfg, final, owned, data)  # still owning what is deleted next
+    _remove_own(out, owned - keep)
+    write_index(out, cfg, final, (), data)
     return result
+
+
+def _remove_own(out: Path, stale: set[str]) -> None:
+    """Delete volumes this cache wrote and no longer lists, and the temporary files of killed
+    runs (by the names `atomic_write` gives them); nothing else."""
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+    for folder in (out, out / VOLUMES):
+        for path in folder.iterdir():
+            if _OWN_TEMP.fullmatch(path.name) and path.is_file():
+                path.unlink(missing_ok=True)
 
 
 def _run_pool(todo: list[tuple[ScanRecord, str, dict[str, int]]], cfg: PreprocessConfig,
@@ -243,8 +477,10 @@ def _run_pool(todo: list[tuple[ScanRecord, str, dict[str, int]]], cfg: Preproces
 class CachedScans(Dataset):
     """The scans of a prepared cache as `(uint8 tensor 1 x D x H x W, label)` pairs.
 
-    `split` keeps one split ("train", "val", "test"). Unlabeled scans have label -1. Volumes are
-    opened with `numpy.load(mmap_mode="r")`, so a worker reads only the volume it returns.
+    `split` keeps one split ("train", "val", "test"). Unlabeled scans have label -1. The index
+    is checked when the data set is made (`read_index`), and every volume file must exist with
+    its recorded size; each volume read is verified against its recorded checksum, shape and
+    dtype (`load_volume`). What fails is a `BadInputError` naming the file.
     """
 
     def __init__(self, cache_dir: str | os.PathLike[str], split: str | None = None) -> None:
@@ -254,15 +490,17 @@ class CachedScans(Dataset):
         self.entries = [e for e in index["entries"] if split is None or e["split"] == split]
         if split is not None and not self.entries:
             raise BadInputError(f"{cache_dir}: no scans in split '{split}'")
+        for entry in self.entries:
+            _check_size(self.root, entry)
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         entry = self.entries[i]
-        array = np.load(self.root / entry["file"], mmap_mode="r")
+        array = load_volume(self.root, entry)
         label = entry["label"]
-        return torch.from_numpy(np.array(array))[None], -1 if label is None else int(label)
+        return torch.from_numpy(array)[None], -1 if label is None else int(label)
 
     @property
     def labels(self) -> list[int]:
@@ -273,6 +511,17 @@ class CachedScans(Dataset):
     def sources(self) -> list[str]:
         """Every scan's source path, in dataset order."""
         return [e["source"] for e in self.entries]
+
+
+def _check_size(root: Path, entry: dict[str, Any]) -> None:
+    path = root / entry["file"]
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise BadInputError(f"{path}: cached volume missing ({exc.strerror}); {AGAIN}") from exc
+    if size != entry["bytes"]:
+        raise BadInputError(f"{path}: cached volume has {size} bytes, the index says "
+                            f"{entry['bytes']} (truncated?); {AGAIN}")
 
 
 def cache_dir_for(source: str | os.PathLike[str], cfg: PreprocessConfig) -> Path:

@@ -7,9 +7,11 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..errors import BadInputError
 from .arrays import ARRAY_SUFFIXES
+from .listing import list_folder
 
 SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 CLASSES = {"covid": 1, "non-covid": 0, "non_covid": 0, "noncovid": 0}
@@ -31,16 +33,13 @@ class ScanRecord:
 
 def _children(folder: Path) -> dict[str, Path]:
     """Sub-folders by lower-cased name (layouts match names case-insensitively)."""
-    return {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir()}
+    return {p.name.lower(): p for p in list_folder(folder) if p.is_dir()}
 
 
 def _scans(folder: Path) -> list[Path]:
     """The scans of a class folder: each sub-folder, or each `.npy`/`.npz` file."""
-    return sorted(
-        p for p in folder.iterdir()
-        if not p.name.startswith(".")
-        and (p.is_dir() or (p.is_file() and p.suffix.lower() in ARRAY_SUFFIXES))
-    )
+    return [p for p in list_folder(folder)
+            if p.is_dir() or (p.is_file() and p.suffix.lower() in ARRAY_SUFFIXES)]
 
 
 def _class_records(folder: Path, split: str) -> list[ScanRecord]:
@@ -82,15 +81,26 @@ def _label(value: str, where: str) -> int | None:
     return LABELS[text]
 
 
-def _from_manifest(manifest: Path) -> list[ScanRecord]:
+def _read_csv(manifest: Path) -> tuple[list[str], list[dict[str | None, Any]]]:
+    """The header and rows of a UTF-8 CSV (a byte-order mark, as Excel writes, is fine)."""
     try:
-        with open(manifest, newline="") as f:
+        with open(manifest, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             header = [c.strip().lower() for c in reader.fieldnames or []]
-            rows = list(reader)
+            return header, list(reader)
     except OSError as exc:
         raise BadInputError(f"{manifest}: cannot read manifest ({exc.strerror})") from exc
-    missing = [c for c in ("path", "label") if c not in header]
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{manifest}: not UTF-8 text (byte {exc.start}); save the "
+                            "manifest as UTF-8 CSV") from exc
+    except csv.Error as exc:
+        raise BadInputError(f"{manifest}: not a readable CSV ({exc})") from exc
+
+
+def _from_manifest(manifest: Path, label_required: bool = True) -> list[ScanRecord]:
+    header, rows = _read_csv(manifest)
+    required = ("path", "label") if label_required else ("path",)
+    missing = [c for c in required if c not in header]
     if missing:
         raise BadInputError(f"{manifest}: missing column(s) {', '.join(missing)}")
     base = manifest.parent
@@ -100,15 +110,26 @@ def _from_manifest(manifest: Path) -> list[ScanRecord]:
         where = f"{manifest}:{line}"
         if not row["path"].strip():
             raise BadInputError(f"{where}: empty path")
+        if "\0" in row["path"]:
+            raise BadInputError(f"{where}: a NUL character in the path")
         split = row.get("split", "").strip().lower() or "train"
         if split not in SPLITS:
             raise BadInputError(f"{where}: unknown split '{split}'; use train, val or test")
         records.append(
-            ScanRecord(base / row["path"].strip(), _label(row["label"], where), SPLITS[split])
+            ScanRecord(base / row["path"].strip(), _label(row.get("label", ""), where),
+                       SPLITS[split])
         )
     if not records:
         raise BadInputError(f"{manifest}: manifest lists no scans")
     return records
+
+
+def read_manifest(
+    manifest: str | os.PathLike[str], label_required: bool = True
+) -> list[ScanRecord]:
+    """The scans of a CSV manifest (`path,label[,split]`, paths relative to its folder) in the
+    manifest's own order; `label_required=False` (predict) makes the label column optional."""
+    return _from_manifest(Path(manifest), label_required)
 
 
 def stratified_split(

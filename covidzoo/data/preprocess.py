@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import BadInputError
 from ..factory import DEFAULT_SCAN_SIZE
-from .volume import Volume
+from .volume import SLAB, Volume
 
 CONTRASTS = ("none", "stretch", "equalize")
 
@@ -84,23 +84,79 @@ class PreprocessConfig:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _crop(array: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    d, h, w = array.shape
+def _crop(shape: tuple[int, int, int], cfg: PreprocessConfig) -> tuple[slice, slice, slice]:
+    """The slices, rows and columns that `crop_slices` and `crop_border` keep."""
+    d, h, w = shape
     kd = int(d * cfg.crop_slices)
     kh, kw = int(h * cfg.crop_border), int(w * cfg.crop_border)
-    return array[kd:d - kd or None, kh:h - kh or None, kw:w - kw or None]
+    return slice(kd, d - kd), slice(kh, h - kh), slice(kw, w - kw)
 
 
-def _resize(array: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
-    if array.shape == size:
-        return array
+def _depth_weights(n_in: int, n_out: int) -> list[tuple[int, int, np.float32, np.float32]]:
+    """For each output slice, the two input slices and their weights of a linear resize along
+    depth, computed as torch's trilinear interpolation does (`align_corners=False`, float32)."""
+    if n_in == n_out:
+        return [(o, o, np.float32(1), np.float32(0)) for o in range(n_out)]
+    scale = np.float32(n_in) / np.float32(n_out)
+    weights = []
+    for o in range(n_out):
+        src = max(scale * (np.float32(o) + np.float32(0.5)) - np.float32(0.5), np.float32(0))
+        i0 = min(int(np.floor(src)), n_in - 1)
+        w1 = np.float32(min(max(src - np.float32(i0), np.float32(0)), np.float32(1)))
+        weights.append((i0, min(i0 + 1, n_in - 1), np.float32(1) - w1, w1))
+    return weights
+
+
+def _resize_planes(unit: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Each slice of `unit` resized to `size` (H, W), as torch's trilinear resize would."""
+    if unit.shape[1:] == size:
+        return unit
     import torch
     import torch.nn.functional as F
 
     with torch.no_grad():
-        tensor = torch.from_numpy(np.ascontiguousarray(array))[None, None]
-        out = F.interpolate(tensor, size=size, mode="trilinear", align_corners=False)
+        tensor = torch.from_numpy(np.ascontiguousarray(unit))[None, None]
+        out = F.interpolate(tensor, size=(unit.shape[0], *size), mode="trilinear",
+                            align_corners=False)
     return out[0, 0].numpy()
+
+
+def _to_unit(slab: np.ndarray, volume: Volume, cfg: PreprocessConfig) -> np.ndarray:
+    """Intensities to [0, 1]: the HU window, or /255 for 8-bit slices (in place)."""
+    if volume.intensity == "uint8":
+        slab *= np.float32(1 / 255)
+    else:
+        level, width = cfg.window
+        slab -= np.float32(level - width / 2)
+        slab *= np.float32(1 / width)
+    return np.clip(slab, 0.0, 1.0, out=slab)
+
+
+def _resized(volume: Volume, cfg: PreprocessConfig) -> np.ndarray:
+    """Crop, window and resize `volume` to `cfg.size` in float32, a few slices at a time.
+
+    Trilinear resizing is separable: each slab of input slices is resized in-plane, and each
+    output slice is the weighted sum of the two input slices around it. So memory holds the
+    output, one slab and nothing of the input beyond it, however many slices the scan has.
+    """
+    zs, ys, xs = _crop(volume.shape, cfg)
+    depth = zs.stop - zs.start
+    out = np.empty(cfg.size, dtype=np.float32)
+    uses: dict[int, list[tuple[int, np.float32, bool]]] = {}
+    for o, (i0, i1, w0, w1) in enumerate(_depth_weights(depth, cfg.size[0])):
+        uses.setdefault(i0, []).append((o, w0, True))
+        uses.setdefault(i1, []).append((o, w1, False))
+    for start in range(0, depth, SLAB):
+        stop = min(start + SLAB, depth)
+        slab = volume.slab(zs.start + start, zs.start + stop)[:, ys, xs]
+        planes = _resize_planes(_to_unit(slab, volume, cfg), cfg.size[1:])
+        for i in range(start, stop):
+            for o, weight, first in uses.get(i, ()):
+                if first:
+                    np.multiply(planes[i - start], weight, out=out[o])
+                else:
+                    out[o] += planes[i - start] * weight
+    return out
 
 
 def _contrast(array: np.ndarray, mode: str) -> np.ndarray:
@@ -117,17 +173,13 @@ def _contrast(array: np.ndarray, mode: str) -> np.ndarray:
 
 
 def preprocess(volume: Volume, cfg: PreprocessConfig | None = None) -> np.ndarray:
-    """The model input of `volume`: a uint8 array of shape `cfg.size`."""
+    """The model input of `volume`: a uint8 array of shape `cfg.size`. Reads the volume a few
+    slices at a time (`Volume.slab`), so bad values raise `BadInputError` naming the file."""
     cfg = cfg or PreprocessConfig()
-    array = _crop(volume.array, cfg)
-    if volume.intensity == "uint8":
-        unit = array * np.float32(1 / 255)
-    else:
-        level, width = cfg.window
-        unit = (array - np.float32(level - width / 2)) * np.float32(1 / width)
-    np.clip(unit, 0.0, 1.0, out=unit)
-    unit = _contrast(_resize(unit.astype(np.float32, copy=False), cfg.size), cfg.contrast)
-    return np.clip(unit * 255 + 0.5, 0, 255).astype(np.uint8)
+    unit = _contrast(_resized(volume, cfg), cfg.contrast)
+    unit *= 255  # in place: no float temporaries the size of the output
+    unit += 0.5
+    return np.clip(unit, 0, 255, out=unit).astype(np.uint8)
 
 
 def load_scan(

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import BadInputError
 from .arrays import ARRAY_SUFFIXES, read_array
 from .dicom import read_dicom
+from .listing import list_folder
 from .slices import IMAGE_SUFFIXES, read_slices
 from .volume import Volume
 
@@ -21,9 +22,8 @@ def scan_format(path: Path) -> str:
     if path.is_file():
         return "array" if path.suffix.lower() in ARRAY_SUFFIXES else "dicom"
     if path.is_dir():
-        with os.scandir(path) as entries:
-            listed = [e for e in entries if not e.name.startswith(".")]
-        names = [e.name for e in listed if e.is_file()]
+        listed = list_folder(path)
+        names = [p.name for p in listed if p.is_file()]
         if not listed:
             raise BadInputError(f"{path}: empty folder")
         if not names:

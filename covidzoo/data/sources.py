@@ -144,7 +144,10 @@ def training_data(source: DataSource, size: tuple[int, int, int], *,
     if prepare:
         records = source.records(val_split=val_split, seed=seed)
         result = prepare_cache(records, cache_dir, preprocess, workers=workers,
-                               progress=not quiet)
+                               progress=not quiet, data_set=source.cache_key())
+        if result.failed and not result.done and not result.skipped:
+            raise BadInputError(f"every scan of {source.name} failed to read "
+                                f"({len(result.failed)}); first: {result.failed[0][1]}")
         if result.failed and not quiet:
             print(f"covidzoo: {len(result.failed)} scan(s) failed to read and were skipped",
                   file=sys.stderr)

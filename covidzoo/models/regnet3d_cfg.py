@@ -23,6 +23,14 @@ from ..errors import BadInputError
 # Widths from the design space are quantized to multiples of this (pycls and timm use 8).
 WIDTH_QUANTUM = 8
 DESIGN_SPACE_FIELDS = ("w0", "wa", "wm", "depth")
+# Bounds that keep a configuration from exhausting memory before it is built: a checkpoint's
+# metadata or a flag may ask for anything. 2e9 parameters are 8 GB of fp32 weights, several
+# times the largest 3D network covidzoo trains; 1024 blocks are ten times the paper's deepest;
+# no channel count reaches 2^20 (one 1x1 conv of that width alone is 1e12 parameters). All are
+# checked from the configuration alone, before a tensor exists.
+MAX_PARAMETERS = 2_000_000_000
+MAX_BLOCKS = 1024
+MAX_WIDTH = 2**20
 
 
 @dataclass(frozen=True)
@@ -98,16 +106,24 @@ def generate_regnet(
     Block j gets the continuous width `w0 + wa * j`, snapped to the nearest `w0 * wm**k` and
     quantized to a multiple of `quantum`; consecutive blocks of equal width form a stage.
     """
-    if not (isinstance(w0, int) and w0 > 0 and w0 % quantum == 0):
+    if not (_is_int(w0) and w0 > 0 and w0 % quantum == 0):
         raise BadInputError(f"regnet3d: w0 must be a positive multiple of {quantum}, got {w0}")
+    _check_widths("w0", [w0])
+    for name, value in (("wa", wa), ("wm", wm)):
+        if not _is_finite(value):
+            raise BadInputError(f"regnet3d: {name} must be a finite number, got {value!r}")
     if not wa > 0:
         raise BadInputError(f"regnet3d: wa must be positive, got {wa}")
     if not wm > 1:
         raise BadInputError(f"regnet3d: wm must be greater than 1, got {wm}")
-    if not (isinstance(depth, int) and depth > 0):
-        raise BadInputError(f"regnet3d: depth must be a positive integer, got {depth}")
+    if not (_is_int(depth) and 0 < depth <= MAX_BLOCKS):
+        raise BadInputError(
+            f"regnet3d: depth must be an integer from 1 to {MAX_BLOCKS}, got {depth}")
     # Python's round() is numpy's (half to even), so this reproduces pycls exactly.
     exponents = [round(math.log((w0 + wa * j) / w0) / math.log(wm)) for j in range(depth)]
+    if math.log(w0) + max(exponents) * math.log(wm) > math.log(MAX_WIDTH):  # before w0 * wm**k
+        raise BadInputError(f"regnet3d: w0, wa, wm and depth give a width of more than "
+                            f"{MAX_WIDTH}")
     block_widths = [int(round(w0 * wm**k / quantum)) * quantum for k in exponents]
     widths: list[int] = []
     depths: list[int] = []
@@ -134,6 +150,9 @@ def adjust_block_compatibility(
     stages: list[StageSpec] = []
     messages: list[str] = []
     for i, (width, group_width) in enumerate(zip(widths, group_widths, strict=True), 1):
+        if width * bottleneck_ratio > MAX_WIDTH:
+            raise BadInputError(f"regnet3d stage {i}: width {width} x bottleneck ratio "
+                                f"{bottleneck_ratio} is more than {MAX_WIDTH} channels")
         bottleneck = int(width * bottleneck_ratio)
         if bottleneck < 1:
             raise BadInputError(
@@ -164,15 +183,38 @@ def adjust_block_compatibility(
     return stages, messages
 
 
-def _positive_ints(name: str, values: Sequence[int]) -> tuple[int, ...]:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    """A real number (not a bool, not NaN or infinite): what JSON metadata may fail to be."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def _positive_ints(name: str, values: Any) -> tuple[int, ...]:
+    if not isinstance(values, Sequence) or isinstance(values, str):
+        raise BadInputError(f"regnet3d: {name} must be positive integers, got {values!r}")
     values = tuple(values)
-    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                             for v in values):
+    if not values or not all(_is_int(v) and v > 0 for v in values):
         raise BadInputError(f"regnet3d: {name} must be positive integers, got {list(values)}")
     return values
 
 
+def _check_widths(name: str, values: Sequence[int]) -> None:
+    """Channel counts must stay within `MAX_WIDTH` (a huge one would overflow floats)."""
+    largest = max(values)
+    if largest > MAX_WIDTH:
+        shown = str(largest) if largest < 10**12 else f"a {len(str(largest))}-digit number"
+        raise BadInputError(f"regnet3d: {name} must be at most {MAX_WIDTH}, got {shown}")
+
+
 def _check_scalars(cfg: RegNet3DCfg) -> None:
+    for name in ("bottleneck_ratio", "se_ratio", "drop_rate", "drop_path_rate"):
+        if not _is_finite(getattr(cfg, name)):
+            raise BadInputError(
+                f"regnet3d: {name} must be a finite number, got {getattr(cfg, name)!r}")
     if not cfg.bottleneck_ratio > 0:
         raise BadInputError(
             f"regnet3d: bottleneck_ratio must be positive, got {cfg.bottleneck_ratio}"
@@ -180,18 +222,28 @@ def _check_scalars(cfg: RegNet3DCfg) -> None:
     if not 0 <= cfg.se_ratio < 1:
         raise BadInputError(f"regnet3d: se_ratio must be in [0, 1), got {cfg.se_ratio}")
     for name in ("stem_width", "in_chans"):
-        _positive_ints(name, [getattr(cfg, name)])
-    if not (isinstance(cfg.num_classes, int) and cfg.num_classes >= 0):
+        _check_widths(name, _positive_ints(name, [getattr(cfg, name)]))
+    if not (_is_int(cfg.num_classes) and cfg.num_classes >= 0):
         raise BadInputError(f"regnet3d: num_classes must be >= 0, got {cfg.num_classes}")
     for name in ("drop_rate", "drop_path_rate"):
         if not 0 <= getattr(cfg, name) < 1:
             raise BadInputError(f"regnet3d: {name} must be in [0, 1), got {getattr(cfg, name)}")
 
 
+def _check_size(cfg: RegNet3DCfg, stages: Sequence[StageSpec]) -> None:
+    """Refuse a network of more than `MAX_PARAMETERS` parameters, counted from the
+    configuration alone (its blocks are bounded already): nothing is allocated before this."""
+    params = _complexity(cfg, stages, (1, 1, 1))["params"]
+    if params > MAX_PARAMETERS:
+        raise BadInputError(f"regnet3d: {params:.3g} parameters; at most {MAX_PARAMETERS:.3g}"
+                            " (check depths, widths, stem_width, in_chans, num_classes)")
+
+
 def resolve_stages(cfg: RegNet3DCfg) -> tuple[list[StageSpec], list[str]]:
     """The stages `cfg` builds, and the messages of every compatibility adjustment made.
 
-    Raises `BadInputError` naming the field for an impossible configuration.
+    Raises `BadInputError` naming the field for an impossible configuration, and for one too
+    large to build (more than `MAX_BLOCKS` blocks or `MAX_PARAMETERS` parameters).
     """
     _check_scalars(cfg)
     design = {name: getattr(cfg, name) for name in DESIGN_SPACE_FIELDS}
@@ -211,6 +263,9 @@ def resolve_stages(cfg: RegNet3DCfg) -> tuple[list[StageSpec], list[str]]:
             raise BadInputError("regnet3d: give depths and widths, or w0, wa, wm and depth")
         depths = list(_positive_ints("depths", cfg.depths))
         widths = list(_positive_ints("widths", cfg.widths))
+        _check_widths("widths", widths)
+        if sum(depths) > MAX_BLOCKS:  # before anything loops over the blocks
+            raise BadInputError(f"regnet3d: {sum(depths)} blocks in all; at most {MAX_BLOCKS}")
         if len(depths) != len(widths):
             raise BadInputError(
                 f"regnet3d: depths has {len(depths)} values but widths has {len(widths)}"
@@ -227,7 +282,9 @@ def resolve_stages(cfg: RegNet3DCfg) -> tuple[list[StageSpec], list[str]]:
             f" ({len(widths)})"
         )
     stages, messages = adjust_block_compatibility(widths, cfg.bottleneck_ratio, group_widths)
-    return [dataclasses.replace(s, depth=d) for s, d in zip(stages, depths, strict=True)], messages
+    stages = [dataclasses.replace(s, depth=d) for s, d in zip(stages, depths, strict=True)]
+    _check_size(cfg, stages)
+    return stages, messages
 
 
 def resolve(cfg: RegNet3DCfg) -> tuple[RegNet3DCfg, list[StageSpec], list[str]]:
@@ -288,7 +345,13 @@ def complexity(cfg: RegNet3DCfg, input_size: Sequence[int]) -> dict[str, Any]:
     size = tuple(int(s) for s in input_size)
     if len(size) != 3 or min(size) < 1:
         raise BadInputError(f"regnet3d: input size must be three positive sizes D,H,W, got {size}")
-    stages, _ = resolve_stages(cfg)
+    return _complexity(cfg, resolve_stages(cfg)[0], size)
+
+
+def _complexity(cfg: RegNet3DCfg, stages: Sequence[StageSpec],
+                input_size: tuple[int, ...]) -> dict[str, Any]:
+    """`complexity` of resolved `stages`, for an `input_size` already checked."""
+    size = input_size
 
     def vol(s: tuple[int, ...]) -> int:
         return math.prod(s)
