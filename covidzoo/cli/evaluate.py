@@ -1,4 +1,4 @@
-"""The `evaluate`, `ensemble` and `predict` commands: parse the options, call the use case in
+"""The `evaluate` and `ensemble` commands: parse the options, call the use case in
 `covidzoo.evaluation`, render its report.
 
 Nothing heavy is imported at module level: `covidzoo --help` lists these commands without
@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from ..values import format_apart, format_number
+from ..values import format_number
 from .options import (
     cache_option,
     data_options,
@@ -211,42 +211,4 @@ def _ensemble_rows(report: Any) -> list[tuple[str, ...]]:
     return rows
 
 
-# --- predict -----------------------------------------------------------------------------------
-
-
-@click.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.argument("scans", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--csv", "csv_path", type=click.Path(path_type=Path),
-              help="Also write scan,probability,label,threshold to this CSV.")
-@runtime_options
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def predict(model: Path, scans: tuple[Path, ...], csv_path: Path | None, device: str | None,
-            precision: str, batch_size: int, as_json: bool) -> None:
-    """Probability and label (covid / non-covid) of each raw SCAN under a checkpoint or
-    ensemble file MODEL.
-
-    A SCAN is a DICOM series folder, a folder of JPG/PNG slices or a .npy/.npz volume; each
-    model preprocesses it with the configuration recorded in its checkpoint.
-    """
-    from ..evaluation import predict as run_prediction
-
-    report = run_prediction(model, scans, device=device, precision=precision,
-                            batch_size=batch_size, progress=not as_json)
-    if csv_path is not None:
-        report.save_csv(csv_path)
-    if as_json:
-        print_json(report.to_dict())
-        return
-    _report_failed(report.failed)
-    chosen = report.threshold
-    if chosen.source == "default":
-        click.echo(f"note: {chosen.note}", err=True)
-    rows = []
-    for p in report.predictions:  # as many digits as tell each probability from the threshold
-        probability, threshold = format_apart(p.probability, chosen.value)
-        rows.append((p.scan, probability, p.label, threshold))
-    print_table(None, ["scan", "probability", "label", "threshold"], rows)
-
-
-__all__ = ["ensemble", "evaluate", "predict"]
+__all__ = ["ensemble", "evaluate"]

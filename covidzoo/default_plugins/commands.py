@@ -11,10 +11,12 @@ from ..hookspecs import hookimpl
 def register_commands(cli: Any) -> None:
     from ..cli.bench import bench
     from ..cli.data import data
-    from ..cli.evaluate import ensemble, evaluate, predict
+    from ..cli.evaluate import ensemble, evaluate
+    from ..cli.export import export
     from ..cli.models import models
     from ..cli.plugins import plugins
+    from ..cli.predict import predict
     from ..cli.train import train
 
-    for command in (models, plugins, data, train, evaluate, ensemble, predict, bench):
+    for command in (models, plugins, data, train, evaluate, ensemble, predict, export, bench):
         cli.add_command(command)
