@@ -24,3 +24,12 @@ def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path):
     with pytest.raises(OSError):
         atomic_write(tmp_path / "out.json", fail)
     assert os.listdir(tmp_path) == []
+
+
+def test_an_output_that_is_a_folder_is_named_not_the_temporary(tmp_path):
+    folder = tmp_path / "roc.png"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as caught:
+        atomic_write_text(folder, "x")
+    assert caught.value.filename == str(folder)
+    assert os.listdir(tmp_path) == ["roc.png"]

@@ -171,6 +171,18 @@ def test_hook_register_commands(invoke):
 # --- failures ------------------------------------------------------------------------------------
 
 
+class ExitsInRegisterCommands:
+    @hookimpl
+    def register_commands(self, cli):
+        raise SystemExit(3)
+
+
+def test_a_plugin_exiting_in_register_commands_does_not_end_covidzoo(invoke):
+    with registered(ExitsInRegisterCommands(), "exits"):
+        result = invoke("--help")
+    assert "models" in result.output
+
+
 def test_broken_entry_point_warns_and_the_cli_still_works(monkeypatch, runner):
     from covidzoo.cli import cli
 

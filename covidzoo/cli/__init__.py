@@ -97,7 +97,7 @@ class CovidzooGroup(click.Group):
             for plugin_name, function in hook_functions("register_commands"):
                 try:
                     function(cli=self)
-                except Exception as exc:
+                except (Exception, SystemExit) as exc:  # a broken plugin must not end covidzoo
                     drop_failed_plugin(plugin_name, exc)
             self._plugin_key = tuple(id(p) for p in pm.get_plugins())
         except CovidzooError as exc:
