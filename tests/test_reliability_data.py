@@ -285,6 +285,21 @@ def test_dicom_nan_slope_in_a_series_names_the_slice(tmp_path):
         read_scan(tmp_path / "s")
 
 
+def test_dicom_element_of_unknown_vr_names_the_slice(tmp_path):
+    """pydicom parses an element when it is first read: one whose VR is garbage raised
+    NotImplementedError there (found by the fuzzer below)."""
+    paths = write_series(tmp_path / "s", [1, 2, 3])
+    ds = pydicom.dcmread(paths[1])
+    ds.SpacingBetweenSlices = "2.5"
+    ds.save_as(paths[1])
+    raw = paths[1].read_bytes()
+    tag = b"\x18\x00\x88\x00DS"  # (0018,0088) SpacingBetweenSlices, explicit VR little endian
+    assert raw.count(tag) == 1
+    paths[1].write_bytes(raw.replace(tag, b"\x18\x00\x88\x00D\x00"))
+    with pytest.raises(BadInputError, match=paths[1].name):
+        read_scan(tmp_path / "s")
+
+
 # --- pydicom's own test files: each is read, or refused in one line naming it
 
 

@@ -277,14 +277,18 @@ def _read_file(path: Path, strict: bool) -> _Slice | str | None:
             reason = one_line(exc, with_type=False)
             raise BadInputError(f"{path}: not a readable DICOM file ({reason})") from exc
         return None
-    slope, intercept = _rescale(ds, path)
-    if pixels is None:  # decoded now; native pixels are checked as slabs read them
-        pixels = _decoded_pixels(path)
-        _check_stored(pixels, slope, intercept, path)
     try:
+        slope, intercept = _rescale(ds, path)
+        if pixels is None:  # decoded now; native pixels are checked as slabs read them
+            pixels = _decoded_pixels(path)
+            _check_stored(pixels, slope, intercept, path)
         return _slice(ds, path, pixels, slope, intercept)
-    except (TypeError, ValueError, OverflowError) as exc:  # an attribute pydicom kept as given
-        raise BadInputError(f"{path}: unreadable DICOM attribute ({exc})") from exc
+    except BadInputError:
+        raise
+    except Exception as exc:  # pydicom parses elements when first read: a mangled one (an
+        # unknown VR, a value it kept as given) raises here, of many types
+        reason = one_line(exc, with_type=False)
+        raise BadInputError(f"{path}: unreadable DICOM attribute ({reason})") from exc
 
 
 def _slice(ds: Any, path: Path, pixels: np.ndarray | _RawPixels, slope: float,

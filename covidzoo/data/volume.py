@@ -69,7 +69,9 @@ class Volume:
     def slab(self, start: int, stop: int) -> np.ndarray:
         """Slices `start:stop` as float32 HU (or 0-255 for 8-bit images), checked."""
         with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN are refused below
-            out = np.array(self.values[start:stop], dtype=np.float32)  # a copy: scaled in place
+            out = np.empty((max(stop - start, 0), *self.shape[1:]), dtype=np.float32)
+            for k in range(start, stop):  # one stored slice at a time: no slab of stored values
+                out[k - start] = self.values[k:k + 1][0]
             if self.slope is not None:
                 out *= self.slope[start:stop, None, None]
             if self.intercept is not None:
@@ -91,14 +93,14 @@ class Volume:
         if out.size == 0:
             return
         lo, hi = (0.0, 255.0) if self.intensity == "uint8" else HU_RANGE
-        per_slice = out.reshape(len(out), -1)
-        bad = ~(np.isfinite(per_slice).all(axis=1)
-                & (per_slice.min(axis=1) >= lo) & (per_slice.max(axis=1) <= hi))
-        if not bad.any():
+        # Slice by slice, with min and max only (NaN propagates through both, and inf lies
+        # outside any range): no temporary the size of the slab.
+        bad = [i for i, plane in enumerate(out) if not (plane.min() >= lo and plane.max() <= hi)]
+        if not bad:
             return
-        i = int(np.argmax(bad))
+        i = bad[0]
         where = self.files[start + i] if self.files is not None else self.source
-        values = per_slice[i]
+        values = out[i].ravel()
         if not np.isfinite(values).all():
             what = "NaN" if np.isnan(values).any() else "infinite"
             raise BadInputError(f"{where}: {what} values (slice {start + i}); not a usable scan")
