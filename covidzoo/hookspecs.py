@@ -19,7 +19,8 @@ documented in the hook whose components it concerns:
 - backbones: `complexity(input_size)` (`covidzoo models show`), `conv_bn_pairs` (BatchNorm
   folding for inference) and the `options=` declaration of command-line options;
 - ensemblers: the `method` name and the `to_dict()` / `from_dict(data)` state round trip;
-- optimizers: `_step_supports_amp_scaling` (fp16 loss scaling handled on the device).
+- optimizers: `_step_supports_amp_scaling` (fp16 loss scaling handled on the device);
+- readers: `claims(path)` and `read(path, series)` returning a `Volume`.
 
 Every component is recorded with its provenance (plugin, installed package and version) in the
 checkpoints and ensemble files made with it; see `covidzoo.plugins.provenance`.
@@ -156,6 +157,28 @@ def register_optimizers(register: Register) -> None:
 
 
 @hookspec
+def register_readers(register: Register) -> None:
+    """Register scan readers: formats `read_scan` (and so every command that takes a scan or a
+    data folder) can read.
+
+    The factory is called with no arguments and returns an object with two methods
+    (`covidzoo.data.readers.Reader`):
+
+    - `claims(path: Path) -> bool`: whether it reads `path`, an existing file or folder; decide
+      by the name or a few bytes, without reading the scan;
+    - `read(path: Path, series: str | None) -> Volume`: the scan as a
+      `covidzoo.data.volume.Volume` (stored values, spacing (z, y, x) in mm, slices from feet to
+      head, rows anterior to posterior, columns right to left, as the DICOM reader gives them);
+      `series` is the user's `--series`, which a reader may ignore. Bad input raises
+      `covidzoo.errors.BadInputError` naming the file.
+
+    Readers are asked in order: the built-ins that claim by suffix or content (`array`,
+    `nifti`, `slices`), then third-party readers in name order, then readers registered with
+    metadata `fallback=True` (the built-in `dicom`, which takes any other file or folder).
+    """
+
+
+@hookspec
 def register_commands(cli: Any) -> None:
     """Add commands to the `covidzoo` command line.
 
@@ -174,4 +197,5 @@ __all__ = [
     "register_commands",
     "register_ensemblers",
     "register_optimizers",
+    "register_readers",
 ]

@@ -40,6 +40,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "covidzoo.default_plugins.aggregators",
     "covidzoo.default_plugins.ensemblers",
     "covidzoo.default_plugins.optimizers",
+    "covidzoo.default_plugins.readers",
     "covidzoo.default_plugins.commands",
 )
 

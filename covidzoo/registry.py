@@ -1,4 +1,4 @@
-"""Named components (backbones, aggregators, ensemblers, optimizers) and the functions to find them.
+"""Named components (backbones, aggregators, ensemblers, optimizers, readers) and how to find them.
 
 The registry is filled by the `register_*` hooks of every loaded plugin (see `covidzoo.plugins`)
 and rebuilt whenever the set of registered plugins changes, so a plugin registered at run time
@@ -19,7 +19,7 @@ from typing import Any, Literal, get_args
 from .errors import BadInputError, CovidzooError, PluginError, UnknownComponentError, one_line
 from .values import parse_float, parse_int_list, parse_names, parse_positive_int
 
-Kind = Literal["backbone", "aggregator", "ensembler", "optimizer"]
+Kind = Literal["backbone", "aggregator", "ensembler", "optimizer", "reader"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 # The hook that registers each kind.
@@ -28,6 +28,7 @@ KIND_HOOKS: dict[Kind, str] = {
     "aggregator": "register_aggregators",
     "ensembler": "register_ensemblers",
     "optimizer": "register_optimizers",
+    "reader": "register_readers",
 }
 
 

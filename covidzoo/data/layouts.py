@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
-from .arrays import ARRAY_SUFFIXES
 from .listing import list_folder
 
 SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -37,9 +36,13 @@ def _children(folder: Path) -> dict[str, Path]:
 
 
 def _scans(folder: Path) -> list[Path]:
-    """The scans of a class folder: each sub-folder, or each `.npy`/`.npz` file."""
-    return [p for p in list_folder(folder)
-            if p.is_dir() or (p.is_file() and p.suffix.lower() in ARRAY_SUFFIXES)]
+    """The scans of a class folder: each sub-folder, and each file a reader claims as a scan
+    (`.npy`/`.npz`, `.nii`/`.nii.gz`, a plugin's format), in the folder's order."""
+    from .readers import scan_files
+
+    listed = list_folder(folder)
+    files = set(scan_files([p for p in listed if p.is_file()]))
+    return [p for p in listed if p.is_dir() or p in files]
 
 
 def _class_records(folder: Path, split: str) -> list[ScanRecord]:
@@ -158,7 +161,9 @@ def find_scans(
     """The scans of a dataset, from class folders under `root` or from a CSV `manifest`.
 
     Folders: `ROOT/{train,val}/{covid,non-covid}/SCAN`, `ROOT/{covid,non-covid}/SCAN` (all
-    "train"), and an unlabeled `ROOT/test/SCAN`; names match case-insensitively. Manifest:
+    "train"), and an unlabeled `ROOT/test/SCAN`; names match case-insensitively. A SCAN is a
+    folder (DICOM series, slice images) or a file a reader claims (`.npy`/`.npz`,
+    `.nii`/`.nii.gz`, a plugin reader's format). Manifest:
     columns `path,label[,split]`, paths relative to the manifest's folder. `val_split` moves a
     stratified, seeded fraction of "train" to "val", for data that comes without a val split.
     """

@@ -27,6 +27,9 @@ NOTE = (170, 170, 170)
 MARGIN = 24  # around each panel: orientation letters and ticks
 GAP = 20  # between panels
 
+# Formats whose files record the patient's orientation, which their readers apply.
+ORIENTED = ("dicom", "nifti")
+
 
 @dataclass(frozen=True)
 class _Cut:
@@ -148,7 +151,7 @@ def montage(volume: Volume, window: tuple[float, float] = (-600.0, 1500.0)) -> o
          f"spacing {spacing} mm" + (f" ({spacing_note})" if spacing_note else ""), TEXT),
         (window_text, TEXT),
         ("orientation: " + orientation
-         + ("" if volume.kind == "dicom" else " (assumed: the format records none)"), NOTE),
+         + ("" if volume.kind in ORIENTED else " (assumed: the format records none)"), NOTE),
         (f"{how}; yellow ticks: where the other two cuts lie", NOTE),
     ]
     title_font, label_font, note_font = default_font(17), default_font(15), default_font(13)

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import BadInputError
 
-VolumeKind = Literal["dicom", "slices", "array"]
+VolumeKind = Literal["dicom", "slices", "array", "nifti"]
 Intensity = Literal["hu", "uint8"]
 
 # What Hounsfield units a CT scan can hold: every value a 16-bit store gives after the usual
