@@ -195,3 +195,26 @@ def test_a_long_scan_is_never_in_memory_whole(tmp_path, suffix):
     finally:
         tracemalloc.stop()
     assert peak < 3_000_000, peak
+
+
+def test_preprocessing_stays_within_twice_the_output_plus_one_slab(tmp_path):
+    """The issue's memory budget, in numpy's own allocations (tracemalloc): twice the float32
+    output plus one float32 slab of input slices, however long the scan. Two slabs alive at
+    once (the next read before the last one is freed) broke it."""
+    import tracemalloc
+
+    from covidzoo.data import load_scan
+    from covidzoo.data.volume import SLAB
+
+    path = tmp_path / "long.npy"
+    np.save(path, np.random.default_rng(0).integers(-1000, 400, (400, 128, 128), np.int16))
+    cfg = PreprocessConfig(size=(32, 64, 64))
+    load_scan(path, cfg)  # warm-up: lazy imports allocate too
+    tracemalloc.start()
+    try:
+        load_scan(path, cfg)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    budget = 2 * 32 * 64 * 64 * 4 + SLAB * 128 * 128 * 4
+    assert peak <= budget, (peak, budget)

@@ -156,6 +156,9 @@ def _resized(volume: Volume, cfg: PreprocessConfig) -> np.ndarray:
                     np.multiply(planes[i - start], weight, out=out[o])
                 else:
                     out[o] += planes[i - start] * weight
+        # Freed before the next slab is read, not when the names are rebound after it: else
+        # two slabs live at once.
+        del slab, planes
     return out
 
 
