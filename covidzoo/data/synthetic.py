@@ -277,6 +277,19 @@ def _scan(vol: np.ndarray, rng: np.random.Generator, scanner: dict[str, float]) 
     return vol + noise + np.float32(scanner["offset"])
 
 
+def _render(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool,
+            anatomy: np.random.Generator | None,
+            ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """The scan (HU, float32), the patient's lung mask before the scanner, and the scanner."""
+    anatomy = rng if anatomy is None else anatomy
+    canvas = _Canvas(tuple(shape))
+    vol, mask, lungs, scanner = _anatomy(anatomy, canvas)
+    canvas.mask = mask
+    _findings(rng, canvas, lungs, covid)
+    vol += np.where(mask, canvas.added, np.float32(0.0))
+    return _scan(vol, anatomy, scanner).astype(np.float32, copy=False), mask, scanner
+
+
 def phantom(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool,
             anatomy: np.random.Generator | None = None) -> np.ndarray:
     """One synthetic chest CT volume in HU (float32, `shape`).
@@ -286,13 +299,23 @@ def phantom(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool,
     shape, covid, anatomy=np.random.default_rng(a))` renders patient `a` with covid findings
     or with non-covid ones, the same sizes and densities in both.
     """
-    anatomy = rng if anatomy is None else anatomy
-    canvas = _Canvas(tuple(shape))
-    vol, mask, lungs, scanner = _anatomy(anatomy, canvas)
-    canvas.mask = mask
-    _findings(rng, canvas, lungs, covid)
-    vol += np.where(mask, canvas.added, np.float32(0.0))
-    return _scan(vol, anatomy, scanner).astype(np.float32, copy=False)
+    return _render(rng, shape, covid, anatomy)[0]
+
+
+def phantom_with_lungs(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool,
+                       anatomy: np.random.Generator | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """`phantom(...)` (the same volume for the same generators) and where its lungs are: a
+    bool mask of `shape`, every finding inside it, turned with the scan by the scanner's
+    in-plane rotation. The ground truth that `covidzoo.data.lungs.lung_mask` is measured
+    against."""
+    from scipy import ndimage
+
+    hu, mask, scanner = _render(rng, shape, covid, anatomy)
+    # The same rotation, resampling and fill as `_scan`, on the mask as a fraction of lung.
+    turned = ndimage.rotate(mask.astype(np.float32), scanner["rotation"], axes=(1, 2),
+                            reshape=False, order=1, mode="constant", cval=0.0)
+    return hu, turned >= 0.5
 
 
 def _window_uint8(hu: np.ndarray) -> np.ndarray:
