@@ -31,7 +31,8 @@ def test_unknown_kind_is_one_line_exit_2(runner):
     result = runner.invoke(cli, ["models", "--kind", "widget"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "Error: unknown kind 'widget'; choose from backbone, aggregator, ensembler, optimizer, reader"
+        "Error: unknown kind 'widget'; choose from backbone, aggregator, ensembler, optimizer, "
+        "reader"
     ]
 
 
