@@ -169,15 +169,26 @@ def test_slab_applies_the_per_slice_rescale_and_names_the_slice_file():
         volume.slab(0, 3)
 
 
-@pytest.mark.parametrize("suffix", [".npy", ".dcm"])
-def test_a_long_scan_is_never_in_memory_whole(tmp_path, suffix):
-    """numpy reports its allocations to tracemalloc: reading the whole scan (400 x 64 x 64, or
-    120 DICOM slices of 128 x 128) would allocate 3.3 MB or 3.9 MB as int16, twice that as
-    float32; a slab at a time stays far below."""
+def _numpy_peak(path, cfg: PreprocessConfig) -> int:
+    """The peak of numpy's allocations (numpy reports them to tracemalloc) while `load_scan`
+    reads and preprocesses `path`, after a warm-up (lazy imports allocate too)."""
     import tracemalloc
 
     from covidzoo.data import load_scan
 
+    load_scan(path, cfg)
+    tracemalloc.start()
+    try:
+        load_scan(path, cfg)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".dcm"])
+def test_a_long_scan_is_never_in_memory_whole(tmp_path, suffix):
+    """Reading the whole scan (400 x 64 x 64, or 120 DICOM slices of 128 x 128) would allocate
+    3.3 MB or 3.9 MB as int16, twice that as float32; a slab at a time stays far below."""
     if suffix == ".npy":
         path = tmp_path / "long.npy"
         np.save(path, np.random.default_rng(0).integers(-1000, 400, (400, 64, 64), np.int16))
@@ -186,35 +197,18 @@ def test_a_long_scan_is_never_in_memory_whole(tmp_path, suffix):
 
         path = tmp_path / "series"
         write_series(path, list(range(120)))
-    cfg = PreprocessConfig(size=(8, 32, 32))
-    load_scan(path, cfg)  # warm-up: lazy imports allocate too
-    tracemalloc.start()
-    try:
-        load_scan(path, cfg)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = _numpy_peak(path, PreprocessConfig(size=(8, 32, 32)))
     assert peak < 3_000_000, peak
 
 
 def test_preprocessing_stays_within_twice_the_output_plus_one_slab(tmp_path):
-    """The issue's memory budget, in numpy's own allocations (tracemalloc): twice the float32
-    output plus one float32 slab of input slices, however long the scan. Two slabs alive at
-    once (the next read before the last one is freed) broke it."""
-    import tracemalloc
-
-    from covidzoo.data import load_scan
+    """The issue's memory budget, in numpy's own allocations: twice the float32 output plus one
+    float32 slab of input slices, however long the scan. Two slabs alive at once (the next read
+    before the last one is freed) broke it."""
     from covidzoo.data.volume import SLAB
 
     path = tmp_path / "long.npy"
     np.save(path, np.random.default_rng(0).integers(-1000, 400, (400, 128, 128), np.int16))
-    cfg = PreprocessConfig(size=(32, 64, 64))
-    load_scan(path, cfg)  # warm-up: lazy imports allocate too
-    tracemalloc.start()
-    try:
-        load_scan(path, cfg)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak = _numpy_peak(path, PreprocessConfig(size=(32, 64, 64)))
     budget = 2 * 32 * 64 * 64 * 4 + SLAB * 128 * 128 * 4
     assert peak <= budget, (peak, budget)
