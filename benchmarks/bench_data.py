@@ -167,6 +167,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/data_cpu.json")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--prepare-scans", type=int, default=48)
+    parser.add_argument("--note", default="", help="conditions of the run, stored as they are")
     args = parser.parse_args()
     result: dict[str, Any] = {
         "covidzoo": covidzoo.__version__,
@@ -176,8 +177,7 @@ def main() -> None:
         "pydicom": pydicom.__version__,
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "note": "shared 2-core development machine (other jobs running): absolute times are "
-                "noisy; ratios measured in the same run are what count",
+        "note": args.note,
     }
     with tempfile.TemporaryDirectory() as tmp:
         for step in (lambda: bench_dicom(Path(tmp), args.repeats),
