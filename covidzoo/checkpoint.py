@@ -26,7 +26,7 @@ from typing import Any
 from ._version import __version__
 from .errors import BadInputError, CovidzooError, UnknownComponentError, one_line
 from .fileio import atomic_write, atomic_write_text
-from .values import printable_errors
+from .values import is_probability, printable_errors
 
 METADATA_KEY = "covidzoo"
 FORMAT_VERSION = 1
@@ -175,8 +175,7 @@ def _threshold_of(value: Any) -> float | None:
     """A stored decision threshold: None, or a finite number in [0, 1]."""
     if value is None:
         return None
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or not 0.0 <= value <= 1.0):
+    if not is_probability(value):
         raise BadInputError(f"threshold {value!r} is not a number in [0, 1]")
     return float(value)
 

@@ -49,7 +49,7 @@ from .runtime import (
     tune_cudnn,
 )
 from .transforms import to_model_input
-from .values import printable_errors
+from .values import is_probability, printable_errors
 
 ENSEMBLE_FORMAT = 1
 # An ensemble file is a few member paths and a fitted ensembler (a rank ensembler keeps one
@@ -346,8 +346,7 @@ def _ensemble_threshold(path: Path, value: Any) -> float | None:
     """The stored decision threshold: absent, or a finite number in [0, 1]."""
     if value is None:
         return None
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not np.isfinite(value) or not 0.0 <= value <= 1.0):
+    if not is_probability(value):
         raise BadInputError(f"{path}: threshold must be a number in [0, 1], got {value!r:.40}")
     return float(value)
 

@@ -45,6 +45,12 @@ def parse_float(flag: str, text: str) -> float:
     return value
 
 
+def is_probability(value: object) -> bool:
+    """Whether a value read from a file is a finite number within [0, 1] (a bool is not one)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and 0.0 <= value <= 1.0)
+
+
 def parse_probability(flag: str, text: str) -> float:
     """One finite number within [0, 1]: a probability, or a threshold on one."""
     value = parse_float(flag, text)
