@@ -40,7 +40,7 @@ import numpy as np
 from .errors import BadInputError, one_line
 from .evaluation import Threshold, stored_threshold
 from .fileio import atomic_write, atomic_write_text
-from .inference import Predictor, _config_groups, load_predictor
+from .inference import Predictor, config_groups, load_predictor
 from .runtime import (
     Dist,
     broadcast,
@@ -374,7 +374,7 @@ def read_batches(scans: Sequence[str], predictor: Predictor, batch_size: int,
     from torch.utils.data import DataLoader
 
     device = predictor.members[0].device
-    loader = DataLoader(ScanReads(scans, _config_groups(predictor.members)),
+    loader = DataLoader(ScanReads(scans, config_groups(predictor.members)),
                         batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_reads, pin_memory=device.type == "cuda")
     yield from loader

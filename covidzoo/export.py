@@ -616,7 +616,7 @@ def predict_onnx(model: str | os.PathLike[str], scans: Sequence[str | os.PathLik
     onnxruntime. Returns an `evaluation.PredictReport`."""
     from .data.preprocess import PreprocessConfig
     from .evaluation import Prediction, PredictReport, stored_threshold
-    from .inference import _read_batches
+    from .inference import read_scan_batches
     from .progress import progress_bar
 
     if precision not in ("auto", "fp32"):
@@ -632,7 +632,7 @@ def predict_onnx(model: str | os.PathLike[str], scans: Sequence[str | os.PathLik
     chosen = stored_threshold(predictor)  # type: ignore[arg-type]
     with progress_bar(len(scans), "predicting", enabled=progress, rate_unit="scans") as advance:
         shown = 0
-        for names, batches in _read_batches([str(s) for s in scans], configs, batch_size,
+        for names, batches in read_scan_batches([str(s) for s in scans], configs, batch_size,
                                             failed):
             probability, member_probs = predictor.run(
                 {name: batch.numpy() for name, batch in batches.items()})

@@ -387,7 +387,7 @@ def load_predictor(
     return Predictor(path, "ensemble", members, ensembler, threshold)
 
 
-def _config_groups(members: Sequence[Member]) -> dict[str, PreprocessConfig]:
+def config_groups(members: Sequence[Member]) -> dict[str, PreprocessConfig]:
     """The distinct preprocessing configs of `members`, keyed by digest, in member order."""
     groups: dict[str, PreprocessConfig] = {}
     for member in members:
@@ -453,14 +453,14 @@ def load_eval_data(
         if not any(wanted is None or e["split"] in wanted for e in prepared.entries):
             raise BadInputError(f"no scans in split(s) {', '.join(sorted(wanted or []))} of "
                                 f"{source}")
-        datasets = dict.fromkeys(_config_groups(members), prepared)
+        datasets = dict.fromkeys(config_groups(members), prepared)
     else:
         records = [r for r in found.records() if wanted is None or r.split in wanted]
         if not records:
             raise BadInputError(f"no scans in split(s) {', '.join(sorted(wanted or []))} of "
                                 f"{source}")
         key = f"{source}#splits={','.join(sorted(wanted)) if wanted else 'all'}"
-        for digest, cfg in _config_groups(members).items():
+        for digest, cfg in config_groups(members).items():
             result = prepare_cache(records, cache_dir_for(key, cfg), cfg, workers=workers,
                                    progress=progress)
             for scan, reason in result.failed:
@@ -565,7 +565,7 @@ class ScanPredictions:
     failed: list[tuple[str, str]]
 
 
-def _read_batches(
+def read_scan_batches(
     paths: Sequence[str], configs: dict[str, PreprocessConfig], batch_size: int,
     failed: list[tuple[str, str]],
 ) -> Iterator[tuple[list[str], dict[str, torch.Tensor]]]:
@@ -596,13 +596,13 @@ def predict_paths(
     bar of the scans read and scored."""
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
-    configs = _config_groups(predictor.members)
+    configs = config_groups(predictor.members)
     failed: list[tuple[str, str]] = []
     names: list[str] = []
     rows: list[NDArray[np.float64]] = []
     failures_shown = 0
     with progress_bar(len(paths), "predicting", enabled=progress, rate_unit="scans") as advance:
-        for batch_names, batches in _read_batches([str(p) for p in paths], configs, batch_size,
+        for batch_names, batches in read_scan_batches([str(p) for p in paths], configs, batch_size,
                                                   failed):
             columns = [member.probs(batches[member.preprocess.digest()]).double().cpu().numpy()
                        for member in predictor.members]
