@@ -39,7 +39,7 @@ import numpy as np
 
 from .errors import BadInputError, one_line
 from .evaluation import Threshold, stored_threshold
-from .fileio import atomic_write, atomic_write_text
+from .fileio import atomic_write, atomic_write_text, digest_file
 from .inference import Predictor, config_groups, load_predictor
 from .runtime import (
     Dist,
@@ -71,20 +71,14 @@ Row = dict[str, str]
 # --- the model's identity and the scans --------------------------------------------------------
 
 
-def _file_digest(path: Path, digest: Any) -> None:
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-
-
 def model_hash(predictor: Predictor) -> str:
     """The content hash of a checkpoint, or of an ensemble file and all its members' files: what
     each row records, so a rerun can tell which model made it."""
     digest = hashlib.sha256()
-    _file_digest(predictor.path, digest)
+    digest_file(digest, predictor.path)
     if predictor.kind == "ensemble":
         for member in predictor.members:
-            _file_digest(member.path, digest)
+            digest_file(digest, member.path)
     return digest.hexdigest()[:HASH_DIGITS]
 
 

@@ -150,13 +150,18 @@ def fsync_path(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def digest_file(digest: Any, path: str | os.PathLike[str]) -> None:
+    """Feed `path`'s bytes to a hashlib `digest`, a megabyte at a time (checkpoints are large)."""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+
+
 def sha256_file(path: str | os.PathLike[str]) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
+    digest_file(digest, path)
     return digest.hexdigest()
 
 
