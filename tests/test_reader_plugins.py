@@ -50,7 +50,7 @@ def _write_fake(path: Path, values: np.ndarray) -> Path:
 def test_builtin_readers_listed(invoke):
     result = invoke("models", "--kind", "reader", "--json")
     rows = {r["name"]: r for r in json.loads(result.output)}
-    assert set(rows) == {"array", "nifti", "slices", "dicom"}
+    assert set(rows) == {"array", "itk", "nifti", "slices", "dicom"}
     assert all(r["kind"] == "reader" and r["plugin"] == "covidzoo.readers" for r in rows.values())
     assert rows["dicom"]["metadata"] == {"fallback": True}
 

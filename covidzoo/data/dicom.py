@@ -5,7 +5,8 @@ array, so this reader parses each header only up to the pixel data (`stop_before
 reads the raw bytes right after it and views them with numpy (`frombuffer` with the dtype that
 BitsAllocated, PixelRepresentation and the byte order give). Rescale slope and intercept are
 applied to the whole stack at once, and files are read by a thread pool. Compressed transfer
-syntaxes go through pydicom's decoders (pylibjpeg, installed by the `covidzoo[dicom]` extra).
+syntaxes go through pydicom's decoders (pylibjpeg and GDCM, installed by the `covidzoo[dicom]`
+extra).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ _RAW_SYNTAXES = {
 }
 _DECODERS_HINT = (
     "install the decoders: pip install 'covidzoo[dicom]' "
-    "(pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg)"
+    "(pylibjpeg with its JPEG, JPEG 2000 and RLE plugins, and GDCM)"
 )
 
 
@@ -52,6 +53,7 @@ class _Slice:
     slope: float
     intercept: float
     thickness: float | None
+    slice_thickness: float | None  # SliceThickness alone (`thickness` prefers the spacing)
     pixels: np.ndarray | _RawPixels  # frames x rows x cols, stored (raw) values
 
 
@@ -305,6 +307,7 @@ def _slice(ds: Any, path: Path, pixels: np.ndarray | _RawPixels, slope: float,
         slope=slope,
         intercept=intercept,
         thickness=_number(ds.get("SpacingBetweenSlices", ds.get("SliceThickness")), None),
+        slice_thickness=_number(ds.get("SliceThickness"), None),
         pixels=pixels,
     )
 
@@ -325,12 +328,20 @@ def _natural_key(path: Path) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
+def _positions(slices: Sequence[_Slice]) -> np.ndarray | None:
+    """Each slice's ImagePositionPatient projected on the slice normal of the first slice's
+    ImageOrientationPatient (mm); None when a slice lacks either."""
+    if not all(s.position is not None and s.orientation is not None for s in slices):
+        return None
+    iop = np.asarray(slices[0].orientation)
+    normal = np.cross(iop[:3], iop[3:])
+    return np.array([float(np.dot(s.position, normal)) for s in slices])  # type: ignore[arg-type]
+
+
 def _order(slices: list[_Slice], warnings: list[str]) -> tuple[list[_Slice], float]:
     """Slices sorted along the slice normal, and the slice spacing measured from positions."""
-    if all(s.position is not None and s.orientation is not None for s in slices):
-        iop = np.asarray(slices[0].orientation)
-        normal = np.cross(iop[:3], iop[3:])
-        where = np.array([float(np.dot(s.position, normal)) for s in slices])  # type: ignore[arg-type]
+    where = _positions(slices)
+    if where is not None:
         order = np.argsort(where, kind="stable")
         slices = [slices[i] for i in order]
         steps = np.diff(where[order])
@@ -469,6 +480,12 @@ def _assemble(slices: Sequence[_Slice], uid: str, source: Path, warnings: list[s
     if ordered[0].pixel_spacing is None:
         warnings.append("no PixelSpacing: assumed 1 mm")
     stack = _Stack([s.pixels for s in ordered])  # read a slab at a time by `Volume.slab`
+    # A multi-frame file's frames have their positions in per-frame groups, not read here.
+    positions = _positions(ordered) if depth == len(ordered) else None
+    thicknesses = np.repeat([np.nan if s.slice_thickness is None else s.slice_thickness
+                             for s in ordered], [s.pixels.shape[0] for s in ordered])
     return Volume(stack, (float(dz), float(dy), float(dx)), str(source), "dicom", warnings, uid,
                   slope=None if np.all(slopes == 1) else slopes,
-                  intercept=None if np.all(intercepts == 0) else intercepts, files=files)
+                  intercept=None if np.all(intercepts == 0) else intercepts, files=files,
+                  positions=positions,
+                  thicknesses=None if np.isnan(thicknesses).all() else thicknesses)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..errors import BadInputError
 from ..plots import default_font
 from .volume import Volume
 
@@ -22,13 +24,15 @@ PANEL_SIZE = 320  # pixels given to the longest physical extent of the scan
 LUNG_HU = -500.0  # darker than this and enclosed by the body: lung (or airway)
 LUNG_GREY = 128  # the same for 8-bit slices, whose window is unknown: darker than mid-grey
 TICK = (240, 228, 66)  # Okabe-Ito yellow: where the other two cuts lie
+OUTLINE = (0, 158, 115)  # Okabe-Ito bluish green: the lung mask's outline
+OUTLINE_PX = 2  # its width on the sheet, inside the mask
 TEXT = (235, 235, 235)
 NOTE = (170, 170, 170)
 MARGIN = 24  # around each panel: orientation letters and ticks
 GAP = 20  # between panels
 
 # Formats whose files record the patient's orientation, which their readers apply.
-ORIENTED = ("dicom", "nifti")
+ORIENTED = ("dicom", "nifti", "itk")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class _Cut:
     marks: tuple[str, str, str, str]  # top, bottom, left, right
     ticks_x: float  # another cut, as a fraction of the width (ticks above and below)
     ticks_y: float  # the third cut, as a fraction of the height (ticks left and right)
+    mask: np.ndarray | None = None  # the lung mask's cut, as `pixels` (bool), or none
 
 
 def _lung_cuts(values: np.ndarray, dark: float) -> tuple[int, int, int] | None:
@@ -66,6 +71,29 @@ def _lung_cuts(values: np.ndarray, dark: float) -> tuple[int, int, int] | None:
     return k, j, i
 
 
+def _mask_cuts(mask: np.ndarray) -> tuple[int, int, int] | None:
+    """The slice, row and column with the largest area of `mask`; None when it holds no voxel
+    or every voxel (it says nothing about where the lungs are)."""
+    if not mask.any() or mask.all():
+        return None
+    k, j, i = (int(np.argmax(mask.sum(axis=axes))) for axes in ((1, 2), (0, 2), (0, 1)))
+    return k, j, i
+
+
+def _outlined(panel: Any, mask: np.ndarray) -> Any:
+    """`panel` (an RGB image) with the outline of `mask` painted over it, drawn at the panel's
+    resolution: the mask resized with NEAREST, less its erosion."""
+    from PIL import Image
+    from scipy import ndimage
+
+    shown = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(
+        panel.size, Image.NEAREST)) > 0
+    edge = shown & ~ndimage.binary_erosion(shown, iterations=OUTLINE_PX)
+    pixels = np.array(panel)
+    pixels[edge] = OUTLINE
+    return Image.fromarray(pixels)
+
+
 def _spacing_note(volume: Volume) -> str | None:
     """Why the spacing is assumed, or None when the source gave it."""
     if volume.kind == "slices":
@@ -87,25 +115,36 @@ def _spacing_note(volume: Volume) -> str | None:
     return None
 
 
-def _cuts(volume: Volume, grey: np.ndarray) -> tuple[list[_Cut], str]:
+def _cuts(volume: Volume, grey: np.ndarray,
+          mask: np.ndarray | None = None) -> tuple[list[_Cut], str]:
     d, h, w = grey.shape
     dz, dy, dx = volume.spacing
     dark = LUNG_GREY if volume.intensity == "uint8" else LUNG_HU
-    found = _lung_cuts(volume.array, dark)
-    if found is None:
-        k, j, i = d // 2, h // 2, w // 4
-        how = "no lung found: mid-slice, mid-row, sagittal at a quarter of the width"
-    else:
+    found = None if mask is None else _mask_cuts(mask)
+    if found is not None:
         k, j, i = found
-        how = "cuts through the most lung (dark voxels enclosed by the body)"
+        how = "cuts through the most lung of the lung mask"
+    else:
+        found = _lung_cuts(volume.array, dark)
+        if found is None:
+            k, j, i = d // 2, h // 2, w // 4
+            how = "no lung found: mid-slice, mid-row, sagittal at a quarter of the width"
+        else:
+            k, j, i = found
+            how = "cuts through the most lung (dark voxels enclosed by the body)"
+        if mask is not None:
+            how = ("lung mask empty" if not mask.any() else "lung mask is the whole scan") \
+                + "; " + how
     side = "right" if i < w / 2 else "left"
+    masks = [None] * 3 if mask is None else [
+        mask[k], np.flipud(mask[:, j, :]), np.flipud(mask[:, :, i])]
     cuts = [
         _Cut("axial", f"slice {k + 1} of {d}", grey[k], h * dy, w * dx,
-             ("A", "P", "R", "L"), (i + 0.5) / w, (j + 0.5) / h),
+             ("A", "P", "R", "L"), (i + 0.5) / w, (j + 0.5) / h, masks[0]),
         _Cut("coronal", f"row {j + 1} of {h}", np.flipud(grey[:, j, :]), d * dz, w * dx,
-             ("S", "I", "R", "L"), (i + 0.5) / w, 1 - (k + 0.5) / d),
+             ("S", "I", "R", "L"), (i + 0.5) / w, 1 - (k + 0.5) / d, masks[1]),
         _Cut("sagittal", f"column {i + 1} of {w}, {side} side", np.flipud(grey[:, :, i]),
-             d * dz, h * dy, ("S", "I", "A", "P"), (j + 0.5) / h, 1 - (k + 0.5) / d),
+             d * dz, h * dy, ("S", "I", "A", "P"), (j + 0.5) / h, 1 - (k + 0.5) / d, masks[2]),
     ]
     return cuts, how
 
@@ -119,16 +158,26 @@ def _number(value: float) -> str:
     return f"{value:g}"
 
 
-def montage(volume: Volume, window: tuple[float, float] = (-600.0, 1500.0)) -> object:
+def montage(volume: Volume, window: tuple[float, float] = (-600.0, 1500.0),
+            mask: np.ndarray | None = None) -> object:
     """An RGB `PIL.Image` of three labelled cuts of `volume`, on one physical scale.
 
     The cuts pass through the most lung (for HU volumes, voxels below -500 HU that the body
     encloses; for 8-bit slices, below mid-grey), else through the middle, the sagittal one at a
     quarter of the width so that it misses the spine. HU volumes are shown through `window`
     (level, width); 8-bit volumes as stored. Yellow ticks mark where the other two cuts lie.
+
+    `mask`, a lung mask of the volume's shape (`lungs.lung_mask`), decides the cuts instead:
+    the slice, row and column with the largest area of it (unless it is empty or the whole
+    scan), and each panel shows its outline in bluish green, as the caption says.
     """
     from PIL import Image, ImageDraw
 
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != volume.shape:
+            raise BadInputError(f"lung mask of shape {mask.shape} for a volume of shape "
+                                f"{volume.shape}")
     if volume.intensity == "uint8":
         grey = np.clip(volume.array, 0, 255).astype(np.uint8)
         window_text = "window: none, 8-bit slices shown as stored (their exporter windowed them)"
@@ -137,7 +186,7 @@ def montage(volume: Volume, window: tuple[float, float] = (-600.0, 1500.0)) -> o
         unit = np.clip((volume.array - (level - width / 2)) / width, 0.0, 1.0)
         grey = (unit * 255 + 0.5).astype(np.uint8)
         window_text = f"window: level {_number(level)} HU, width {_number(width)} HU"
-    cuts, how = _cuts(volume, grey)
+    cuts, how = _cuts(volume, grey, mask)
     px_per_mm = PANEL_SIZE / max(max(c.height_mm, c.width_mm) for c in cuts)
 
     spacing_note = _spacing_note(volume)
@@ -152,7 +201,8 @@ def montage(volume: Volume, window: tuple[float, float] = (-600.0, 1500.0)) -> o
         (window_text, TEXT),
         ("orientation: " + orientation
          + ("" if volume.kind in ORIENTED else " (assumed: the format records none)"), NOTE),
-        (f"{how}; yellow ticks: where the other two cuts lie", NOTE),
+        (f"{how}; yellow ticks: where the other two cuts lie"
+         + ("; bluish green: the lung mask's outline" if mask is not None else ""), NOTE),
     ]
     title_font, label_font, note_font = default_font(17), default_font(15), default_font(13)
     header = 46
@@ -174,7 +224,10 @@ def montage(volume: Volume, window: tuple[float, float] = (-600.0, 1500.0)) -> o
         left, top = x + MARGIN, header + MARGIN
         image = Image.fromarray(np.ascontiguousarray(cut.pixels)).resize((w_px, h_px),
                                                                         Image.BILINEAR)
-        sheet.paste(image.convert("RGB"), (left, top))
+        panel = image.convert("RGB")
+        if cut.mask is not None:
+            panel = _outlined(panel, cut.mask)
+        sheet.paste(panel, (left, top))
         text((x + cell_w / 2, 4), cut.view, title_font, TEXT, "ma")
         text((x + cell_w / 2, 25), cut.where, note_font, NOTE, "ma")
         top_mark, bottom_mark, left_mark, right_mark = cut.marks

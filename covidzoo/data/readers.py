@@ -4,8 +4,9 @@ Readers are a plugin kind (`register_readers`, see `covidzoo.hookspecs`): a read
 paths it `claims` and `read`s one to a `Volume`. The built-in ones (registered in
 `covidzoo.default_plugins.readers`) are the classes below. Readers are asked in this order:
 
-1. the built-in readers that claim by what a path is: `array` (`.npy`/`.npz`), `nifti`
-   (`.nii`/`.nii.gz`), `slices` (a folder with any image file: `.jpg`, `.png`, ...);
+1. the built-in readers that claim by what a path is, in name order: `array` (`.npy`/`.npz`),
+   `itk` (`.mha`/`.mhd`/`.nrrd`/`.nhdr`, through SimpleITK: the `covidzoo[itk]` extra),
+   `nifti` (`.nii`/`.nii.gz`), `slices` (a folder with any image file: `.jpg`, `.png`, ...);
 2. the readers of third-party plugins, in name order;
 3. the fallback readers (registered with `fallback=True`): `dicom`, which takes any other file
    or folder, since DICOM files often have no extension.
@@ -23,6 +24,7 @@ from typing import Protocol, runtime_checkable
 from ..errors import BadInputError, CovidzooError, PluginError, one_line
 from .arrays import ARRAY_SUFFIXES, read_array
 from .dicom import read_dicom
+from .itk import is_itk, read_itk
 from .listing import list_folder
 from .nifti import is_nifti, read_nifti
 from .slices import IMAGE_SUFFIXES, read_slices
@@ -60,6 +62,17 @@ class NiftiReader:
 
     def read(self, path: Path, series: str | None = None) -> Volume:
         return read_nifti(path)
+
+
+class ItkReader:
+    """MetaImage and NRRD files (`.mha`, `.mhd`, `.nrrd`, `.nhdr`) through SimpleITK, reoriented
+    to the DICOM reader's axis order as NIfTI files are."""
+
+    def claims(self, path: Path) -> bool:
+        return path.is_file() and is_itk(path)
+
+    def read(self, path: Path, series: str | None = None) -> Volume:
+        return read_itk(path)
 
 
 class SliceFolderReader:
@@ -146,14 +159,15 @@ def scan_files(paths: list[Path]) -> list[Path]:
 
 
 def scan_format(path: str | os.PathLike[str]) -> str:
-    """The name of the reader `read_scan` would read `path` with: "array", "nifti", "slices",
-    "dicom", or a plugin reader's name."""
+    """The name of the reader `read_scan` would read `path` with: "array", "itk", "nifti",
+    "slices", "dicom", or a plugin reader's name."""
     return _pick(Path(path))[0]
 
 
 def read_scan(path: str | os.PathLike[str], series: str | None = None) -> Volume:
     """Read one scan with the first registered reader that claims it: a DICOM series folder or
-    file, a folder of slice images, an array file, a NIfTI file, or a plugin's format.
+    file, a folder of slice images, an array file, a NIfTI, MHA/MHD or NRRD file, or a plugin's
+    format.
 
     `series` picks a SeriesInstanceUID when a DICOM folder holds several. Bad input raises
     `BadInputError` with one line naming the file and the reason.

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import BadInputError
 
-VolumeKind = Literal["dicom", "slices", "array", "nifti"]
+VolumeKind = Literal["dicom", "slices", "array", "nifti", "itk"]
 Intensity = Literal["hu", "uint8"]
 
 # What Hounsfield units a CT scan can hold: every value a 16-bit store gives after the usual
@@ -49,6 +49,12 @@ class Volume:
     `"uint8"` for 8-bit images already windowed by whoever exported them (JPG/PNG slices), so
     preprocessing knows whether to apply a HU window. `warnings` collects what the reader
     noticed but could work around (unsorted names, gaps, a second series it ignored).
+
+    `positions` are the slices' positions in mm along the slice axis, in slice order, where
+    the format records each slice's own (a DICOM series with ImagePositionPatient); None
+    elsewhere. `thicknesses` are the slices' nominal thicknesses in mm (DICOM SliceThickness,
+    NaN for a slice without one), None where no slice records one.
+    `geometry_checks.spacing_irregularities` reads both.
     """
 
     values: np.ndarray | SliceSource
@@ -61,6 +67,8 @@ class Volume:
     slope: np.ndarray | None = None
     intercept: np.ndarray | None = None
     files: Sequence[str] | None = None
+    positions: np.ndarray | None = None
+    thicknesses: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -1,7 +1,7 @@
 """The built-in scan readers (classes in `covidzoo.data.readers`, imported on first use).
 
 `covidzoo.data.readers` asks them in a fixed order: the built-ins that claim by what a path is
-(`array`, `nifti`, `slices`), then third-party readers, then the `fallback` one (`dicom`).
+(`array`, `itk`, `nifti`, `slices`), then third-party readers, then the `fallback` one (`dicom`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,12 @@ def register_readers(register: Any) -> None:
         "nifti",
         "covidzoo.data.readers:NiftiReader",
         summary="NIfTI files (.nii, .nii.gz), reoriented to the DICOM axis order",
+    )
+    register(
+        "itk",
+        "covidzoo.data.readers:ItkReader",
+        summary="MetaImage and NRRD files (.mha, .mhd, .nrrd, .nhdr) through SimpleITK "
+        "(covidzoo[itk]), reoriented to the DICOM axis order",
     )
     register(
         "slices",
