@@ -200,13 +200,15 @@ def evaluate(
     split: str = "val", threshold: str = "checkpoint", bootstrap: int = 0, seed: int = 0,
     device: str | None = None, precision: str = "auto", batch_size: int = 8,
     workers: int | None = None, progress: bool = False, cache: PathLike | None = None,
+    preprocess: dict[str, Any] | None = None,
 ) -> EvalReport:
     """Metrics of a checkpoint or ensemble file on the labelled scans of `split`.
 
     The threshold (`resolve_threshold`) is by default the one stored with the model, chosen on
     validation data; `"youden"` takes the Youden point of the evaluated scans (optimistic).
     `cache`, a cache made by `covidzoo data prepare`, replaces `data`/`manifest` when it was
-    prepared as the model's checkpoint records (`load_eval_data`).
+    prepared as the model's checkpoint records (`load_eval_data`). `preprocess` (steps as
+    `--preprocess` gives them) overrides what the checkpoints record, with a note in the report.
     """
     from .metrics import binary_report
 
@@ -216,6 +218,7 @@ def evaluate(
     target = resolve_device(device)
     workers = resolve_workers(workers, target)
     predictor = load_predictor(model, target, precision)
+    overridden = predictor.override_preprocess(preprocess)
     scans = load_eval_data(predictor.members, data, manifest, [split], workers, progress,
                            cache=cache)
     rows = scans.indices(split)
@@ -228,7 +231,8 @@ def evaluate(
     probs, labels = predictor.fuse(probs_by_member), scans.labels[rows]
     chosen = resolve_threshold(threshold, predictor, labels, probs)
     metrics = binary_report(labels, probs, chosen.value, n_boot=bootstrap, seed=seed)
-    notes = [] if unlabelled == 0 else [f"{unlabelled} unlabelled scan(s) left out"]
+    notes = overridden + ([] if unlabelled == 0
+                          else [f"{unlabelled} unlabelled scan(s) left out"])
     return EvalReport(model, predictor, scans, split, rows, labels, probs, chosen, metrics,
                       unlabelled, inference_s, time.perf_counter() - start, notes)
 
@@ -572,6 +576,7 @@ class PredictReport:
     threshold: Threshold
     predictions: list[Prediction]
     failed: list[tuple[str, str]]
+    notes: list[str] = field(default_factory=list)
 
     def save_csv(self, path: PathLike) -> None:
         """scan,probability,label,threshold per scan."""
@@ -592,15 +597,19 @@ class PredictReport:
                 for p in self.predictions
             ],
             "failed": [{"source": s, "reason": r} for s, r in self.failed],
+            "notes": list(self.notes),
         }
 
 
 def predict(model: PathLike, scans: Sequence[PathLike], *, device: str | None = None,
-            precision: str = "auto", batch_size: int = 4, progress: bool = False) -> PredictReport:
+            precision: str = "auto", batch_size: int = 4, progress: bool = False,
+            preprocess: dict[str, Any] | None = None) -> PredictReport:
     """Probability and label (at the stored threshold) of each raw scan; scans that cannot be
-    read are listed in `failed`, and when every scan fails that is bad input."""
+    read are listed in `failed`, and when every scan fails that is bad input. `preprocess`
+    overrides the checkpoints' preprocessing (noted in `notes`)."""
     model = Path(model)
     predictor = load_predictor(model, resolve_device(device), precision)
+    notes = predictor.override_preprocess(preprocess)
     found = predict_paths(predictor, scans, batch_size, progress)
     if not found.paths:
         raise BadInputError(f"every scan failed ({len(found.failed)}); first: "
@@ -611,4 +620,4 @@ def predict(model: PathLike, scans: Sequence[PathLike], *, device: str | None = 
         Prediction(path, float(p), "covid" if p >= chosen.value else "non-covid", m.tolist())
         for path, p, m in zip(found.paths, probs, found.probs, strict=True)
     ]
-    return PredictReport(model, predictor, chosen, predictions, found.failed)
+    return PredictReport(model, predictor, chosen, predictions, found.failed, notes)

@@ -365,6 +365,29 @@ class Predictor:
     ensembler: Any | None = None
     threshold: float | None = None
 
+    def override_preprocess(self, steps: dict[str, Any] | None) -> list[str]:
+        """Feed every member scans prepared with `steps` (`PreprocessConfig` keywords, as
+        `--preprocess` gives them) instead of as its checkpoint records; a note per member
+        whose preprocessing this changes, saying from what (its figures are then those of
+        inputs it did not learn from)."""
+        from dataclasses import replace
+
+        from .data.preprocess import describe
+
+        notes = []
+        for member in self.members if steps else ():
+            trained = member.preprocess
+            try:
+                now = replace(trained, **{"fit": None, **steps}
+                              if "spacing" in steps and "fit" not in steps else steps)
+            except BadInputError as exc:
+                raise BadInputError(f"--preprocess: {exc}") from None
+            if now != trained:
+                member.spec = replace(member.spec, preprocess=now.to_dict())
+                notes.append(f"{member.path.name}: scans preprocessed with {describe(now)}, "
+                             f"not as it was trained ({describe(trained)}): --preprocess")
+        return notes
+
     def fuse(self, member_probs: NDArray[np.float64]) -> NDArray[np.float64]:
         """One probability per scan from `n_scans x n_members` probabilities."""
         if self.ensembler is None:

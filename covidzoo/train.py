@@ -136,6 +136,9 @@ class TrainConfig:
     manifest: str | None = None
     cache: str | None = None
     size: tuple[int, int, int] | None = None
+    # Preprocessing steps besides the size (`PreprocessConfig` keywords: crop, slices,
+    # spacing, ...), as `--preprocess` spells them; the defaults when empty.
+    preprocess: dict[str, Any] = field(default_factory=dict)
     epochs: int | None = None
     batch_size: int = 4
     lr: float = 1e-3
@@ -183,6 +186,15 @@ class TrainConfig:
             raise BadInputError(f"--seed must be between 0 and {MAX_SEED}, got {self.seed}")
         if self.val_split is not None and not 0 < self.val_split < 1:
             raise BadInputError(f"--val-split must be between 0 and 1, got {self.val_split}")
+        if self.preprocess:
+            from .data.preprocess import PreprocessConfig
+
+            try:
+                PreprocessConfig(**self.preprocess)
+            except TypeError as exc:
+                raise BadInputError(f"--preprocess: {exc}") from None
+            except BadInputError as exc:
+                raise BadInputError(f"--preprocess: {exc}") from None
         if self.frozen_bn not in FROZEN_BN_MODES:
             raise BadInputError(f"--frozen-bn must be one of {', '.join(FROZEN_BN_MODES)}, "
                                 f"got '{self.frozen_bn}'")
@@ -420,7 +432,7 @@ class Trainer:
         def load(prepare: bool) -> TrainingData:
             return training_data(cfg.source, size, val_split=cfg.val_split, seed=cfg.seed,
                                  workers=self.workers, quiet=self.quiet or not prepare,
-                                 prepare=prepare)
+                                 prepare=prepare, steps=cfg.preprocess)
 
         data = load(prepare=True) if self.dist.main else None
         barrier(self.dist)

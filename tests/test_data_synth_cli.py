@@ -100,8 +100,18 @@ def _series_folder(tmp_path):
     (["data", "synth", "{tmp}/s", "--format", "png"], "unknown format 'png'"),
     (["data", "synth", "{tmp}/s", "--shape", "8,8"], "--shape takes D,H,W, got '8,8'"),
     (["data", "prepare", "{tmp}/m.csv", "--out", "{tmp}/c"], "{tmp}/m.csv:2: unknown label"),
-    (["data", "prepare", "{tmp}/empty", "--out", "{tmp}/c", "--contrast", "x"],
+    (["data", "prepare", "{tmp}/empty", "--out", "{tmp}/c", "--preprocess", "contrast=x"],
      "unknown contrast 'x'"),
+    (["data", "prepare", "{tmp}/empty", "--out", "{tmp}/c", "--preprocess", "crop=lung"],
+     "unknown crop 'lung'; choose from none, lungs"),
+    (["data", "prepare", "{tmp}/empty", "--out", "{tmp}/c", "--preprocess", "spacing=1,1"],
+     "--preprocess: spacing takes 3 numbers, got '1,1'"),
+    (["data", "prepare", "{tmp}/empty", "--out", "{tmp}/c", "--preprocess", "crop"],
+     "--preprocess takes KEY=VALUE[,KEY=VALUE...], got 'crop'"),
+    (["data", "prepare", "{tmp}/empty", "--out", "{tmp}/c", "--preprocess", "fit=pad"],
+     "fit=pad needs spacing=X,Y,Z (mm)"),
+    (["data", "prepare", "{tmp}/empty", "--out", "{tmp}/c", "--preprocess", "size=1,2,3"],
+     "--preprocess: the size has its own flag, --size D,H,W"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(runner, tmp_path, args, message):
     from covidzoo.cli import cli

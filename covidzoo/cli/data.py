@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ..errors import BadInputError
 from ..factory import DEFAULT_SCAN_SIZE
-from .options import parse_size, print_json, print_table, threads_option, workers_option
-
-
-def parse_window(text: str) -> tuple[float, float]:
-    """`--window LEVEL,WIDTH` in HU: two numbers; anything else is a one-line `BadInputError`."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 2:
-        raise BadInputError(f"--window takes LEVEL,WIDTH (two numbers), got '{text}'")
-    return values  # type: ignore[return-value]
+from .options import (
+    parse_preprocess,
+    parse_size,
+    preprocess_option,
+    print_json,
+    print_table,
+    threads_option,
+    workers_option,
+)
 
 
 @click.group("data")
@@ -66,12 +64,7 @@ def synth(out: Path, n: int, seed: int, fmt: str, shape: str, as_json: bool) -> 
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Cache folder.")
 @click.option("--size", help="Output D,H,W.  [default: "
               f"{','.join(map(str, DEFAULT_SCAN_SIZE))}]")
-@click.option("--window", default="-600,1500", show_default=True, help="HU window level,width.")
-@click.option("--crop-slices", default=0.0, show_default=True,
-              help="Fraction of slices dropped at each end.")
-@click.option("--crop-border", default=0.0, show_default=True,
-              help="Fraction of rows/columns dropped at each side.")
-@click.option("--contrast", default="none", show_default=True, help="none, stretch or equalize.")
+@preprocess_option
 @click.option("--val-split", type=float, help="Move this stratified fraction of train to val.")
 @click.option("--seed", default=0, show_default=True, help="Seed of --val-split.")
 @workers_option
@@ -79,13 +72,14 @@ def synth(out: Path, n: int, seed: int, fmt: str, shape: str, as_json: bool) -> 
 @click.option("--strict", is_flag=True, help="Stop at the first scan that fails.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def prepare(root: Path, out: Path, size: str | None, window: str, crop_slices: float,
-            crop_border: float, contrast: str, val_split: float | None, seed: int,
-            workers: int | None, strict: bool, no_progress: bool, as_json: bool) -> None:
+def prepare(root: Path, out: Path, size: str | None, preprocess: tuple[str, ...],
+            val_split: float | None, seed: int, workers: int | None, strict: bool,
+            no_progress: bool, as_json: bool) -> None:
     """Preprocess every scan of ROOT once into the cache OUT (re-runs skip finished scans).
 
     ROOT is a data folder ({train,val}/{covid,non-covid}/SCAN) or a CSV manifest
-    (path,label[,split]). Scans that fail are listed with their reason and skipped.
+    (path,label[,split]). Scans that fail are listed with their reason and skipped. The lung
+    mask and resampling of --preprocess run in the --workers processes.
     """
     from ..data.cache import prepare_cache
     from ..data.layouts import find_scans
@@ -95,9 +89,7 @@ def prepare(root: Path, out: Path, size: str | None, window: str, crop_slices: f
     workers = resolve_workers(workers, "cpu")  # preprocessing runs on the CPU
     cfg = PreprocessConfig(
         size=DEFAULT_SCAN_SIZE if size is None else parse_size("--size", size),  # type: ignore
-        window=parse_window(window),
-        crop_slices=crop_slices, crop_border=crop_border, contrast=contrast,
-    )
+        **parse_preprocess(preprocess))
     is_manifest = root.suffix.lower() == ".csv"
     records = find_scans(
         root=None if is_manifest else root, manifest=root if is_manifest else None,
@@ -125,24 +117,73 @@ def prepare(root: Path, out: Path, size: str | None, window: str, crop_slices: f
 @click.argument("scan", type=click.Path(path_type=Path))
 @click.option("--series", help="SeriesInstanceUID to read when a folder holds several.")
 @click.option("--png", type=click.Path(path_type=Path),
-              help="Write labelled axial, coronal and sagittal cuts to this PNG.")
+              help="Write labelled axial, coronal and sagittal cuts, with the lung mask's "
+                   "outline, to this PNG.")
+@preprocess_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def inspect(scan: Path, series: str | None, png: Path | None, as_json: bool) -> None:
-    """Describe one scan: format, series, shape, spacing, value range, ordering warnings."""
+def inspect(scan: Path, series: str | None, png: Path | None, preprocess: tuple[str, ...],
+            as_json: bool) -> None:
+    """Describe one scan: format, series, shape, spacing, value range, ordering warnings,
+    spacing irregularities (gaps, duplicate positions, varying thickness), its lungs (volume,
+    fraction of the scan) and the slices `slices=lungs` keeps (by --preprocess's lung_area).
+    """
+    from ..data.geometry_checks import spacing_irregularities
+    from ..data.lungs import lung_facts
+    from ..data.preprocess import PreprocessConfig, coarse_lung_mask, prepare_scan
     from ..data.readers import read_scan
 
+    steps = {k: v for k, v in parse_preprocess(preprocess).items()}
+    cfg = PreprocessConfig(size=(1, 1, 1), **{**steps, "slices": "lungs", "crop": "none"})
     volume = read_scan(scan, series=series)
     summary = volume.summary()
+    summary["spacing_irregularities"] = spacing_irregularities(volume)
+    mask, step = coarse_lung_mask(volume)
+    if step > 1:  # back to the scan's grid, for the outline and the facts
+        mask = mask.repeat(step, axis=1).repeat(step, axis=2)[:, :volume.shape[1],
+                                                              :volume.shape[2]]
+    found = not mask.all()
+    facts = lung_facts(mask, volume.spacing) if found else {}
+    kept = prepare_scan(volume, cfg)[1].box[0] if found else (0, volume.shape[0])
+    summary["lungs"] = {
+        "found": found,
+        "lung_volume_ml": facts.get("lung_volume_ml"),
+        "lung_fraction": facts.get("lung_fraction"),
+        "slices_with_lung": ([facts["lung_slices"][0], facts["lung_slices"][-1] + 1]
+                             if found else None),
+        "slices_kept": list(kept),
+        "lung_area": cfg.lung_area,
+        "spacing_assumed": volume.kind in ("slices",),
+    }
+    summary["warnings"] = list(volume.warnings)
     if png is not None:
         from ..data.montage import montage
         from ..fileio import atomic_write
 
-        image = montage(volume)
+        image = montage(volume, mask=mask if found else None)
         atomic_write(png, lambda tmp: image.save(tmp, format="PNG"))  # type: ignore[attr-defined]
         summary["png"] = str(png)
     if as_json:
         print_json(summary)
         return
-    rows = [(k, v) for k, v in summary.items() if k != "warnings"]
+    rows = [(k, v) for k, v in summary.items()
+            if k not in ("warnings", "lungs", "spacing_irregularities")]
+    lungs = summary["lungs"]
+    rows.append(("lungs", "none found: the scan would be kept whole" if not found else
+                 (f"{lungs['lung_volume_ml']:.0f} ml, " if lungs["lung_volume_ml"] else "")
+                 + f"{lungs['lung_fraction']:.1%} of the scan, in slices "
+                   f"{lungs['slices_with_lung'][0]}-{lungs['slices_with_lung'][1] - 1}"))
+    rows.append(("slices=lungs keeps", f"{kept[0]}-{kept[1] - 1} "
+                 f"(lung area >= {cfg.lung_area:g} of the largest slice's)"))
+    rows.append(("spacing irregularities", _irregularities(summary["spacing_irregularities"])))
     rows += [("warning", w) for w in summary["warnings"]]
     print_table(None, ["field", "value"], rows)
+
+
+def _irregularities(facts: dict[str, Any]) -> str:
+    """One line of `geometry_checks.spacing_irregularities`."""
+    if not facts["positions_known"]:
+        return "not measurable: the format records no slice positions"
+    parts = [f"{len(facts['gaps'])} gap(s)", f"{len(facts['duplicate_positions'])} duplicate "
+             "position(s)", "varying thickness" if facts["varying_thickness"]
+             else "even thickness"]
+    return ", ".join(parts)

@@ -17,6 +17,8 @@ from ..values import format_number
 from .options import (
     cache_option,
     data_options,
+    parse_preprocess,
+    preprocess_option,
     print_json,
     print_table,
     runtime_options,
@@ -62,23 +64,27 @@ def _report_failed(failed: Sequence[tuple[str, str]]) -> None:
 @click.option("--roc", type=click.Path(path_type=Path), help="Write the ROC curve to this PNG.")
 @click.option("--predictions", type=click.Path(path_type=Path),
               help="Write path,label,probability,predicted per scan to this CSV.")
+@preprocess_option
 @runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate(model: Path, data_root: Path | None, manifest: Path | None, workers: int | None,
              cache: Path | None, split: str, threshold: str, bootstrap: int, seed: int,
-             roc: Path | None, predictions: Path | None, device: str | None, precision: str,
-             batch_size: int, as_json: bool) -> None:
+             roc: Path | None, predictions: Path | None, preprocess: tuple[str, ...],
+             device: str | None, precision: str, batch_size: int, as_json: bool) -> None:
     """Metrics of a checkpoint or ensemble file MODEL on labelled scans.
 
     The threshold is the one stored with the model, chosen on validation data; --threshold
     youden uses the Youden point of the evaluated data instead (optimistic: labelled so).
+    Scans are preprocessed as each model's checkpoint records; --preprocess overrides steps of
+    it (a note says so: the model then sees inputs unlike those it learned from).
     """
     from ..evaluation import evaluate as run_evaluation
 
     report = run_evaluation(
         model, data=data_root, manifest=manifest, split=split, threshold=threshold,
         bootstrap=bootstrap, seed=seed, device=device, precision=precision,
-        batch_size=batch_size, workers=workers, progress=not as_json, cache=cache)
+        batch_size=batch_size, workers=workers, progress=not as_json, cache=cache,
+        preprocess=parse_preprocess(preprocess))
     roc = None if roc is None else report.save_roc(roc)
     if predictions is not None:
         report.save_predictions(predictions)

@@ -53,6 +53,23 @@ def parse_model_args(items: Sequence[str]) -> dict[str, Any]:
     return parse_key_values("--model-arg", items)
 
 
+def preprocess_option(function: F) -> F:
+    """--preprocess: preprocessing steps in the one spelling train, data prepare, evaluate and
+    predict share (`covidzoo.data.preprocess.parse_steps`; docs/data.md)."""
+    return click.option(
+        "--preprocess", multiple=True, metavar="KEY=VALUE[,...]",
+        help="Preprocessing steps: crop=lungs, slices=lungs, spacing=X,Y,Z (mm), fit=pad, "
+             "window=L,W, contrast=stretch, margin=F, lung_area=F, crop_slices=F, "
+             "crop_border=F (repeatable; see docs/data.md).")(function)
+
+
+def parse_preprocess(texts: Sequence[str]) -> dict[str, Any]:
+    """The steps of `--preprocess` as `PreprocessConfig` keywords (empty when not given)."""
+    from ..data.preprocess import parse_steps
+
+    return parse_steps(texts) if texts else {}
+
+
 def _apply(function: F, options: Sequence[Callable[[F], F]]) -> F:
     for option in reversed(options):
         function = option(function)

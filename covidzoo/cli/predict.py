@@ -16,7 +16,14 @@ import click
 from ..errors import BadInputError
 from ..values import format_apart
 from .evaluate import _report_failed
-from .options import print_json, print_table, runtime_options, workers_option
+from .options import (
+    parse_preprocess,
+    preprocess_option,
+    print_json,
+    print_table,
+    runtime_options,
+    workers_option,
+)
 
 OUT_FORMATS = ("csv", "parquet")
 
@@ -42,12 +49,13 @@ OUT_FORMATS = ("csv", "parquet")
               help="onnx: MODEL is a file from `covidzoo export --format onnx`, run with "
                    "onnxruntime (scans are still read by covidzoo).")
 @workers_option
+@preprocess_option
 @runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def predict(model: Path, scans: tuple[Path, ...], manifest: Path | None, out: Path | None,
             out_format: str | None, replace: bool, csv_path: Path | None, workers: int | None,
-            backend: str, device: str | None, precision: str, batch_size: int,
-            as_json: bool) -> None:
+            backend: str, preprocess: tuple[str, ...], device: str | None, precision: str,
+            batch_size: int, as_json: bool) -> None:
     """Probability and label (covid / non-covid) of each raw SCAN under a checkpoint or
     ensemble file MODEL.
 
@@ -57,9 +65,14 @@ def predict(model: Path, scans: tuple[Path, ...], manifest: Path | None, out: Pa
     -m covidzoo predict ...` every process predicts its share and the first merges them.
     """
     paths = _scan_paths(scans, manifest)
+    steps = parse_preprocess(preprocess)
+    if steps and (out is not None or backend != "torch"):
+        raise BadInputError("--preprocess: not with --out or --backend onnx, which feed each "
+                            "model scans preprocessed as its checkpoint records")
     if out is None:
         _check_without_out(out_format, replace)
-        _predict_table(model, paths, csv_path, device, precision, batch_size, as_json, backend)
+        _predict_table(model, paths, csv_path, device, precision, batch_size, as_json, backend,
+                       steps)
         return
     if backend != "torch":
         raise BadInputError("--backend onnx: not with --out (archive prediction runs PyTorch)")
@@ -92,20 +105,26 @@ def _check_without_out(out_format: str | None, replace: bool) -> None:
 
 
 def _predict_table(model: Path, scans: list[Any], csv_path: Path | None, device: str | None,
-                   precision: str, batch_size: int, as_json: bool, backend: str = "torch") -> None:
+                   precision: str, batch_size: int, as_json: bool, backend: str = "torch",
+                   steps: dict[str, Any] | None = None) -> None:
     if backend == "onnx":
-        from ..export import predict_onnx as run_prediction
+        from ..export import predict_onnx
+
+        report = predict_onnx(model, scans, device=device, precision=precision,
+                              batch_size=batch_size, progress=not as_json)
     else:
         from ..evaluation import predict as run_prediction
 
-    report = run_prediction(model, scans, device=device, precision=precision,
-                            batch_size=batch_size, progress=not as_json)
+        report = run_prediction(model, scans, device=device, precision=precision,
+                                batch_size=batch_size, progress=not as_json, preprocess=steps)
     if csv_path is not None:
         report.save_csv(csv_path)
     if as_json:
         print_json(report.to_dict())
         return
     _report_failed(report.failed)
+    for note in getattr(report, "notes", ()):
+        click.echo(f"note: {note}", err=True)
     chosen = report.threshold
     if chosen.source == "default":
         click.echo(f"note: {chosen.note}", err=True)

@@ -22,6 +22,7 @@ from . import options as opt
 @click.option("--manifest", type=click.Path(), help="CSV of path,label[,split].")
 @click.option("--cache", type=click.Path(), help="A cache made by `covidzoo data prepare`.")
 @click.option("--size", help="Scan size D,H,W after preprocessing.")
+@opt.preprocess_option
 @click.option("--epochs", type=click.IntRange(min=1),
               help="Epochs (default 15 on the demo data, else 30).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
@@ -62,8 +63,8 @@ from . import options as opt
 @click.option("--patience", type=click.IntRange(min=1), help="Early stopping patience (epochs).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def train(backbone: str, model_arg: tuple[str, ...], aggregator_arg: tuple[str, ...],
-          optimizer_arg: tuple[str, ...], size: str | None, compile_: bool, as_json: bool,
-          **options: Any) -> None:
+          optimizer_arg: tuple[str, ...], size: str | None, preprocess: tuple[str, ...],
+          compile_: bool, as_json: bool, **options: Any) -> None:
     """Train BACKBONE; with no --data/--manifest/--cache, on the built-in demo data.
 
     Backbones add their own architecture options (regnet3d: --depths, --widths, ...; see
@@ -82,6 +83,7 @@ def train(backbone: str, model_arg: tuple[str, ...], aggregator_arg: tuple[str, 
         aggregator_args=opt.parse_key_values("--aggregator-arg", aggregator_arg),
         optimizer_args=opt.parse_key_values("--optimizer-arg", optimizer_arg),
         size=None if size is None else opt.parse_size("--size", size),
+        preprocess=opt.parse_preprocess(preprocess),
         compile=compile_,
         **{k: v for k, v in options.items() if k in train_keys},
     )

@@ -35,7 +35,7 @@ from ..fileio import atomic_write_bytes, exclusive_lock
 from ..progress import progress_bar
 from .layouts import ScanRecord
 from .paths import prepared_dir
-from .preprocess import PreprocessConfig, preprocess
+from .preprocess import PreprocessConfig, prepare_scan
 from .readers import read_scan
 
 INDEX_NAME = "index.json"
@@ -201,6 +201,22 @@ def _check_entry(entry: Any, cfg: PreprocessConfig) -> None:
     if not (isinstance(entry["warnings"], list) and all(isinstance(w, str)
                                                         for w in entry["warnings"])):
         raise BadInputError("warnings must be a list of strings")
+    geometry = entry.get("geometry")  # absent from entries written before it was recorded
+    if geometry is not None and not _is_geometry(geometry, cfg.size[0]):
+        raise BadInputError("geometry malformed")
+
+
+def _is_geometry(geometry: Any, depth: int) -> bool:
+    """A `preprocess.Geometry.to_dict()`: a box of 3 ranges, one source slice per slice."""
+    if not isinstance(geometry, dict):
+        return False
+    box, slices = geometry.get("box"), geometry.get("source_slices")
+    return (isinstance(box, list) and len(box) == 3
+            and all(isinstance(b, list) and len(b) == 2 and all(type(v) is int for v in b)
+                    for b in box)
+            and isinstance(slices, list) and len(slices) == depth
+            and all(type(v) is int for v in slices)
+            and isinstance(geometry.get("lungs"), dict | None))
 
 
 def load_volume(root: Path, entry: dict[str, Any]) -> np.ndarray:
@@ -246,10 +262,12 @@ def volume_file(source: str) -> str:
 
 def _build(source: str, cfg_dict: dict[str, Any], target: str
            ) -> tuple[dict[str, Any], list[str]]:
-    """Read, preprocess and store one scan (in a worker process when workers > 0)."""
+    """Read, preprocess and store one scan (in a worker process when workers > 0): the lung
+    mask and resampling run here, not in training. The entry records where the stored volume
+    came from in the scan (`preprocess.Geometry`)."""
     volume = read_scan(source)
-    array = preprocess(volume, PreprocessConfig.from_dict(cfg_dict))
-    return save_volume(Path(target), array), volume.warnings
+    array, geometry = prepare_scan(volume, PreprocessConfig.from_dict(cfg_dict))
+    return {**save_volume(Path(target), array), "geometry": geometry.to_dict()}, volume.warnings
 
 
 def _init_worker() -> None:
@@ -511,6 +529,12 @@ class CachedScans(Dataset):
     def sources(self) -> list[str]:
         """Every scan's source path, in dataset order."""
         return [e["source"] for e in self.entries]
+
+    @property
+    def geometry(self) -> list[dict[str, Any] | None]:
+        """Every scan's `preprocess.Geometry` as recorded (None in caches written before it
+        was): the source box and, per stored slice, the scan's own slice number."""
+        return [e.get("geometry") for e in self.entries]
 
 
 def _check_size(root: Path, entry: dict[str, Any]) -> None:

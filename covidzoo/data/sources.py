@@ -129,17 +129,26 @@ class TrainingData:
 
 def training_data(source: DataSource, size: tuple[int, int, int], *,
                   val_split: float | None = None, seed: int = 0, workers: int = 0,
-                  quiet: bool = False, prepare: bool = True) -> TrainingData:
+                  quiet: bool = False, prepare: bool = True,
+                  steps: dict[str, Any] | None = None) -> TrainingData:
     """Train and validation data sets from the source's cache, preparing it first when
-    `prepare` (in a distributed run only rank 0 prepares; the others open what it made)."""
-    from .cache import CachedScans, cache_dir_for, prepare_cache
-    from .preprocess import PreprocessConfig
+    `prepare` (in a distributed run only rank 0 prepares; the others open what it made).
 
+    `steps` are the preprocessing steps besides the size (`PreprocessConfig` keywords); a
+    prepared cache (`--cache`) must have been prepared with them."""
+    from .cache import CachedScans, cache_dir_for, prepare_cache
+    from .preprocess import PreprocessConfig, describe
+
+    preprocess = PreprocessConfig(size=size, **(steps or {}))
     if source.cache is not None:
         train = CachedScans(source.cache, split="train")
+        if steps and train.config != preprocess:
+            raise BadInputError(
+                f"--preprocess {describe(preprocess)} differs from the scans of --cache "
+                f"{source.cache} ({describe(train.config)}); leave --preprocess out, or "
+                "prepare a cache with it")
         return TrainingData(train, CachedScans(source.cache, split="val"),
                             train.config.to_dict(), source.name)
-    preprocess = PreprocessConfig(size=size)
     cache_dir = cache_dir_for(source.cache_key(), preprocess)
     if prepare:
         records = source.records(val_split=val_split, seed=seed)
