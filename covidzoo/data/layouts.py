@@ -1,19 +1,24 @@
-"""Dataset layouts: class folders (the COV19-CT-DB layout) or a CSV manifest -> `ScanRecord`s."""
+"""Dataset layouts: class folders (the COV19-CT-DB layout) or a CSV manifest -> `ScanRecord`s;
+the study designs over them (a patient-grouped val split, K-fold splits) and the split file."""
 
 from __future__ import annotations
 
 import csv
 import os
 import random
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import BadInputError
+from ..fileio import atomic_write
 from .listing import list_folder
 
 SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 CLASSES = {"covid": 1, "non-covid": 0, "non_covid": 0, "noncovid": 0}
+GROUP_COLUMNS = ("patient", "group")
 LABELS = {
     "1": 1, "covid": 1, "positive": 1, "true": 1,
     "0": 0, "non-covid": 0, "non_covid": 0, "noncovid": 0, "negative": 0, "false": 0,
@@ -22,12 +27,14 @@ LABELS = {
 
 @dataclass(frozen=True)
 class ScanRecord:
-    """One scan of a dataset: where it is, its label (1 = covid, 0 = non-covid, None = unknown)
-    and its split ("train", "val" or "test")."""
+    """One scan of a dataset: where it is, its label (1 = covid, 0 = non-covid, None = unknown),
+    its split ("train", "val" or "test") and its group: the patient it belongs to (the scans of
+    one group always land on the same side of a split); None, the scan is its own group."""
 
     path: Path
     label: int | None
     split: str
+    group: str | None = None
 
 
 def _children(folder: Path) -> dict[str, Path]:
@@ -106,6 +113,9 @@ def _from_manifest(manifest: Path, label_required: bool = True) -> list[ScanReco
     missing = [c for c in required if c not in header]
     if missing:
         raise BadInputError(f"{manifest}: missing column(s) {', '.join(missing)}")
+    if set(GROUP_COLUMNS) <= set(header):
+        raise BadInputError(f"{manifest}: both a patient and a group column; keep one")
+    group_column = next((c for c in GROUP_COLUMNS if c in header), None)
     base = manifest.parent
     records = []
     for line, row in enumerate(rows, start=2):
@@ -118,38 +128,244 @@ def _from_manifest(manifest: Path, label_required: bool = True) -> list[ScanReco
         split = row.get("split", "").strip().lower() or "train"
         if split not in SPLITS:
             raise BadInputError(f"{where}: unknown split '{split}'; use train, val or test")
+        group = row.get(group_column or "", "").strip() or None
         records.append(
             ScanRecord(base / row["path"].strip(), _label(row.get("label", ""), where),
-                       SPLITS[split])
+                       SPLITS[split], group)
         )
     if not records:
         raise BadInputError(f"{manifest}: manifest lists no scans")
+    leak = _group_leak((r.group, r.split) for r in records)
+    if leak:
+        raise BadInputError(f"{manifest}: {group_column} {leak}")
     return records
 
 
 def read_manifest(
     manifest: str | os.PathLike[str], label_required: bool = True
 ) -> list[ScanRecord]:
-    """The scans of a CSV manifest (`path,label[,split]`, paths relative to its folder) in the
-    manifest's own order; `label_required=False` (predict) makes the label column optional."""
+    """The scans of a CSV manifest (`path,label[,split][,patient]`, paths relative to its
+    folder) in the manifest's own order; `label_required=False` (predict) makes the label column
+    optional. The `patient` column (or `group`: either name) groups scans; an empty cell, or no
+    such column, makes a scan its own group. A group with scans in two splits is bad input."""
     return _from_manifest(Path(manifest), label_required)
+
+
+# The order a message names splits in.
+_RANK = {s: i for i, s in enumerate(("train", "train/val", "val", "test"))}
+
+
+def _group_leak(pairs: Iterable[tuple[str | None, str]]) -> str | None:
+    """`G has scans in train and val` for the first group (by name) found in more than one of the
+    splits of the `(group, split)` pairs; None when every group keeps to one split."""
+    splits: dict[str, set[str]] = {}
+    for group, split in pairs:
+        if group is not None:
+            splits.setdefault(group, set()).add(split)
+    for group in sorted(splits):
+        if len(splits[group]) > 1:
+            names = sorted(splits[group], key=lambda s: (_RANK.get(s, len(_RANK)), s))
+            return f"{group} has scans in {' and '.join(names)}"
+    return None
+
+
+def _check_groups(pairs: Iterable[tuple[str | None, str]]) -> None:
+    leak = _group_leak(pairs)
+    if leak:
+        raise BadInputError(f"group {leak}")
+
+
+def _units(records: list[ScanRecord]) -> list[list[ScanRecord]]:
+    """The records by group (a record without one is its own group, keyed by its path), in an
+    order that depends on the records' content only, not on their order."""
+    units: dict[tuple[int, str], list[ScanRecord]] = {}
+    for r in records:
+        key = (0, r.group) if r.group is not None else (1, str(r.path))
+        units.setdefault(key, []).append(r)
+    return [units[key] for key in sorted(units)]
+
+
+def _majority(unit: list[ScanRecord]) -> int | None:
+    """A group's label for stratification: its most common label (a tie: the first by str)."""
+    counts = Counter(r.label for r in unit)
+    return min(counts, key=lambda label: (-counts[label], str(label)))
+
+
+def _sorted(records: Iterable[ScanRecord]) -> list[ScanRecord]:
+    return sorted(records, key=lambda r: (r.split, str(r.path)))
 
 
 def stratified_split(
     records: list[ScanRecord], val_split: float, seed: int = 0
 ) -> list[ScanRecord]:
-    """Move a seeded, per-class fraction `val_split` of the train records to "val"."""
+    """Move a seeded, per-class fraction `val_split` of the train records to "val", whole groups
+    at a time: the train scans of one group (patient) all stay or all move.
+
+    Groups are stratified by their majority label; in each class, each of the shuffled groups in
+    turn goes to val when that brings the class's val scan count closer to `val_split` of its
+    scans (a class of one group stays in train). Grouped records are ordered by group and path
+    first, so the split depends only on `seed` and the records, not on their order. Records
+    without a group are each their own group; when no train record has a group the result is
+    exactly that of covidzoo's ungrouped split before groups existed (which shuffles the records
+    in their given order).
+    A group with records in more than one split is bad input.
+    """
     if not 0.0 < val_split < 1.0:
         raise BadInputError(f"val split must be in (0, 1), got {val_split}")
+    _check_groups((r.group, r.split) for r in records)
     rng = random.Random(seed)
+    train = [r for r in records if r.split == "train"]
     out = [r for r in records if r.split != "train"]
-    for label in sorted({r.label for r in records if r.split == "train"}, key=str):
-        group = [r for r in records if r.split == "train" and r.label == label]
-        rng.shuffle(group)
-        k = round(len(group) * val_split) if len(group) > 1 else 0
-        out += [ScanRecord(r.path, r.label, "val") for r in group[:k]]
-        out += group[k:]
-    return sorted(out, key=lambda r: (r.split, str(r.path)))
+    grouped = any(r.group is not None for r in train)
+    units = _units(train) if grouped else [[r] for r in train]
+    for label in sorted({_majority(u) for u in units}, key=str):
+        stratum = [u for u in units if _majority(u) == label]
+        rng.shuffle(stratum)
+        target = round(sum(map(len, stratum)) * val_split) if len(stratum) > 1 else 0
+        val: list[ScanRecord] = []
+        kept: list[ScanRecord] = []
+        for unit in stratum:
+            if abs(len(val) + len(unit) - target) < abs(len(val) - target):
+                val += [replace(r, split="val") for r in unit]
+            else:
+                kept += unit
+        out += val + kept
+    return _sorted(out)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One fold of a K-fold study: `records` are all the scans (sorted by split and path), this
+    fold's part of the pooled train and val scans as "val", the other parts as "train", and the
+    test scans as they were. `repeat` and `index` count from 0."""
+
+    repeat: int
+    index: int
+    records: tuple[ScanRecord, ...]
+
+
+def _class_name(label: int | None) -> str:
+    return "unlabelled" if label is None else f"class {label}"
+
+
+def _assign(units: list[list[ScanRecord]], folds: int, rng: random.Random) -> list[int]:
+    """A fold for each unit: the units, shuffled then largest first, each go to the fold that
+    most lacks their classes (Σ over the unit's scans of that fold's count of the scan's class
+    less its ideal share; ties: fewer scans, then a seeded order of the folds). For groups of
+    one label this is greedy list scheduling per class, which keeps every fold's count of a
+    class within the largest group's size of the ideal `n_class / folds`."""
+    totals = Counter(r.label for unit in units for r in unit)
+    counts: list[Counter[int | None]] = [Counter() for _ in range(folds)]
+    sizes = [0] * folds
+    tie = list(range(folds))
+    rng.shuffle(tie)
+    order = list(range(len(units)))
+    rng.shuffle(order)
+    order.sort(key=lambda i: -len(units[i]))
+    parts = [0] * len(units)
+    for i in order:
+        unit = Counter(r.label for r in units[i])
+        lacks = [(sum(n * (folds * counts[f][c] - totals[c]) for c, n in unit.items()),
+                  sizes[f], tie[f]) for f in range(folds)]
+        best = lacks.index(min(lacks))
+        counts[best].update(unit)
+        sizes[best] += len(units[i])
+        parts[i] = best
+    return parts
+
+
+def kfold_splits(
+    records: list[ScanRecord], folds: int, repeats: int = 1, seed: int = 0
+) -> list[Fold]:
+    """Stratified, patient-grouped K-fold splits of the train and val records (pooled), `repeats`
+    times: `folds * repeats` `Fold`s, repeat by repeat. In each fold one part of the pooled
+    scans is "val" and the rest "train"; within a repeat every pooled scan is "val" exactly
+    once, and the scans of a group (patient) are always on the same side. Test records stay
+    "test" in every fold. Repeat `r` shuffles with `seed + r`; the result depends only on
+    `seed` and the records, not on their order. Like scikit-learn's `StratifiedGroupKFold`,
+    with a bound: for groups of one label, each fold's count of a class is within the largest
+    group's size of the ideal (see `_assign`).
+
+    Bad input: `folds < 2`, `repeats < 1`, more folds than groups, a class with fewer groups
+    than folds, a group with records in both the pool and test.
+    """
+    if folds < 2:
+        raise BadInputError(f"K-fold needs at least 2 folds, got {folds}")
+    if repeats < 1:
+        raise BadInputError(f"K-fold needs at least 1 repeat, got {repeats}")
+    pool = [r for r in records if r.split in ("train", "val")]
+    test = [r for r in records if r.split not in ("train", "val")]
+    _check_groups((r.group, "train/val" if r.split in ("train", "val") else r.split)
+                  for r in records)
+    units = _units(pool)
+    if folds > len(units):
+        raise BadInputError(f"{folds} folds need at least {folds} patients; the train and val "
+                            f"scans have {len(units)}")
+    for label in sorted({r.label for r in pool}, key=str):
+        n = sum(any(r.label == label for r in unit) for unit in units)
+        if n < folds:
+            raise BadInputError(f"{_class_name(label)} has {n} patient(s), fewer than the "
+                                f"{folds} folds; use at most {n} folds")
+    out = []
+    for repeat in range(repeats):
+        parts = _assign(units, folds, random.Random(seed + repeat))
+        for index in range(folds):
+            fold = [replace(r, split="val" if part == index else "train")
+                    for unit, part in zip(units, parts, strict=True) for r in unit]
+            out.append(Fold(repeat, index, tuple(_sorted(fold + test))))
+    return out
+
+
+SPLIT_HEADER = ["path", "label", "split", "group"]
+
+
+def write_split_csv(records: Iterable[ScanRecord], path: str | os.PathLike[str]) -> Path:
+    """Write the split a run used as CSV `path,label,split,group` (absolute paths; an empty
+    label or group is None), atomically. `read_split_csv` gives the records back."""
+    rows = [[str(Path(r.path).absolute()), "" if r.label is None else str(r.label), r.split,
+             r.group or ""] for r in records]
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(SPLIT_HEADER)
+            writer.writerows(rows)
+
+    return atomic_write(path, write)
+
+
+def _split_row(row: list[str], where: str) -> ScanRecord:
+    if len(row) != len(SPLIT_HEADER):
+        raise BadInputError(f"{where}: {len(row)} fields, expected {len(SPLIT_HEADER)}")
+    path, label, split, group = row
+    if not Path(path).is_absolute():
+        raise BadInputError(f"{where}: path '{path}' is not absolute")
+    if split not in set(SPLITS.values()):
+        raise BadInputError(f"{where}: unknown split '{split}'")
+    try:
+        value = None if label == "" else int(label)
+    except ValueError:
+        raise BadInputError(f"{where}: label '{label}' is not an integer") from None
+    return ScanRecord(Path(path), value, split, group or None)
+
+
+def read_split_csv(path: str | os.PathLike[str]) -> list[ScanRecord]:
+    """The records of a split file `write_split_csv` wrote, in its order; a malformed file is
+    bad input naming the file (and line)."""
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = list(csv.reader(f))
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read split file ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{path}: not UTF-8 text (byte {exc.start})") from exc
+    except csv.Error as exc:
+        raise BadInputError(f"{path}: not a readable CSV ({exc})") from exc
+    if not lines or lines[0] != SPLIT_HEADER:
+        raise BadInputError(f"{path}: not a split file; expected the header "
+                            f"{','.join(SPLIT_HEADER)}")
+    return [_split_row(row, f"{path}:{line}") for line, row in enumerate(lines[1:], start=2)]
 
 
 def find_scans(
@@ -164,8 +380,9 @@ def find_scans(
     "train"), and an unlabeled `ROOT/test/SCAN`; names match case-insensitively. A SCAN is a
     folder (DICOM series, slice images) or a file a reader claims (`.npy`/`.npz`,
     `.nii`/`.nii.gz`, a plugin reader's format). Manifest:
-    columns `path,label[,split]`, paths relative to the manifest's folder. `val_split` moves a
-    stratified, seeded fraction of "train" to "val", for data that comes without a val split.
+    columns `path,label[,split][,patient]`, paths relative to the manifest's folder (see
+    `read_manifest`). `val_split` moves a stratified, seeded fraction of "train" to "val", a
+    patient at a time, for data that comes without a val split (see `stratified_split`).
     """
     if (root is None) == (manifest is None):
         raise BadInputError("give either a data folder or a manifest, not both or neither")
