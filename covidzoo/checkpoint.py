@@ -26,7 +26,7 @@ from typing import Any
 from ._version import __version__
 from .errors import BadInputError, CovidzooError, UnknownComponentError, one_line
 from .fileio import atomic_write, atomic_write_text
-from .values import is_probability, printable_errors
+from .values import check_classes, is_probability, printable_errors
 
 METADATA_KEY = "covidzoo"
 FORMAT_VERSION = 1
@@ -59,6 +59,9 @@ class ModelSpec:
     threshold: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # The class names by label (`covidzoo.task`): a checkpoint written before there were more
+    # than two classes is binary.
+    classes: list[str] = field(default_factory=lambda: ["non-covid", "covid"])
 
     def _components(self) -> list[tuple[str, str]]:
         """`(role, registry name)` of the spec's components; `aggregator="auto"` is resolved
@@ -133,6 +136,7 @@ class ModelSpec:
             "threshold": self.threshold,
             "extra": self.extra,
             "provenance": self.provenance,
+            "classes": list(self.classes),
         }
 
     @classmethod
@@ -156,8 +160,12 @@ class ModelSpec:
             threshold=_threshold_of(data.get("threshold")),
             extra=_mapping(data, "extra"),
             provenance=_provenance_of(data.get("provenance")),
+            classes=list(check_classes(data.get("classes", ["non-covid", "covid"]))),
         )
         _check_preprocess(spec.preprocess)
+        outputs = spec.model_args.get("num_classes", 1)
+        if len(spec.classes) > 2 and outputs != len(spec.classes):
+            raise BadInputError(f"{len(spec.classes)} classes but num_classes {outputs!r}")
         return spec
 
 

@@ -129,13 +129,17 @@ class EvalReport:
     split: str
     rows: NDArray[np.int64]
     labels: NDArray[np.int64]
-    probs: NDArray[np.float64]
-    threshold: Threshold
+    probs: NDArray[np.float64]  # covid probability per scan; n x K for three or more classes
+    threshold: Threshold | None  # None for three or more classes: the most probable one wins
     metrics: dict[str, Any]
     unlabelled: int
     inference_s: float
     total_s: float
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.predictor.classes
 
     def save_roc(self, path: PathLike) -> Path | None:
         """The ROC curve as a PNG: the scan counts, the AUC, the operating point of the
@@ -144,6 +148,15 @@ class EvalReport:
         the AUC is undefined on these scans."""
         from .plots import Curve, save_roc_png
 
+        if self.threshold is None:  # one one-vs-rest curve per class that has one
+            curves = [Curve.from_scores(name, self.labels == k, self.probs[:, k])
+                      for k, name in enumerate(self.classes)
+                      if self.metrics["per_class"][name]["auc"] is not None]
+            if not curves:
+                self.notes.append("no ROC plot: no class has both its scans and others")
+                return None
+            return save_roc_png(path, curves, title=f"{self.model.name} on {self.split}, "
+                                                    "one class against the rest")
         if self.metrics["auc"] is None:
             self.notes.append(f"no ROC plot: {self.metrics['undefined']['auc']}")
             return None
@@ -160,8 +173,18 @@ class EvalReport:
                                             f"sensitivity {sens:.2f}, specificity {spec:.2f}")
 
     def save_predictions(self, path: PathLike) -> None:
-        """path,label,probability,predicted per scan, as CSV."""
+        """path,label,probability,predicted per scan, as CSV; for three or more classes,
+        path,label,predicted and one probability column per class (`p_NAME`)."""
         from .metrics import predict_labels
+
+        if self.threshold is None:
+            names = self.classes
+            _write_csv(path, ["path", "label", "predicted", *(f"p_{n}" for n in names)], [
+                (self.data.sources[i], names[y], names[int(np.argmax(p))],
+                 *(repr(float(v)) for v in p))
+                for i, y, p in zip(self.rows, self.labels, self.probs, strict=True)
+            ])
+            return
 
         predicted = predict_labels(self.probs, self.threshold.value)
         _write_csv(path, ["path", "label", "probability", "predicted"], [
@@ -178,7 +201,8 @@ class EvalReport:
             "members": [str(m.path) for m in members],
             "data": self.data.source,
             "split": self.split,
-            "threshold": self.threshold.to_dict(),
+            "classes": list(self.classes),
+            "threshold": None if self.threshold is None else self.threshold.to_dict(),
             "metrics": self.metrics,
             "failed": [{"source": s, "reason": r} for s, r in self.data.failed],
             "unlabelled": self.unlabelled,
@@ -211,6 +235,7 @@ def evaluate(
     `--preprocess` gives them) overrides what the checkpoints record, with a note in the report.
     """
     from .metrics import binary_report
+    from .multiclass_metrics import multiclass_report
 
     start = time.perf_counter()
     threshold_choice(threshold)  # a bad --threshold fails before models and data are loaded
@@ -229,8 +254,15 @@ def evaluate(
     probs_by_member, inference_s = member_probs(predictor.members, scans, rows, batch_size,
                                                 workers, progress)
     probs, labels = predictor.fuse(probs_by_member), scans.labels[rows]
-    chosen = resolve_threshold(threshold, predictor, labels, probs)
-    metrics = binary_report(labels, probs, chosen.value, n_boot=bootstrap, seed=seed)
+    if len(predictor.classes) > 2:
+        if threshold != "checkpoint":
+            raise BadInputError(f"--threshold {threshold}: a model of {len(predictor.classes)} "
+                                "classes calls each scan its most probable class")
+        chosen, metrics = None, multiclass_report(labels, probs, predictor.classes,
+                                                  n_boot=bootstrap, seed=seed)
+    else:
+        chosen = resolve_threshold(threshold, predictor, labels, probs)
+        metrics = binary_report(labels, probs, chosen.value, n_boot=bootstrap, seed=seed)
     notes = overridden + ([] if unlabelled == 0
                           else [f"{unlabelled} unlabelled scan(s) left out"])
     return EvalReport(model, predictor, scans, split, rows, labels, probs, chosen, metrics,
@@ -486,6 +518,11 @@ def fit_ensemble(
     workers = resolve_workers(workers, target)
     members = [load_member(p, target, precision) for p in paths]
     check_members(members)
+    if not members[0].binary:
+        raise BadInputError(
+            f"{len(members[0].classes)} classes: `covidzoo ensemble` fits fusions of covid "
+            "probabilities and their threshold; `covidzoo cv` saves the mean of its fold models' "
+            "class probabilities as an ensemble file")
     split = split or default_ensemble_split(data, manifest, fit_split)
     scans = load_eval_data(members, data, manifest, [fit_split, split], workers, progress)
     fit_rows, rows = scans.indices(fit_split), scans.indices(split)
@@ -559,12 +596,15 @@ def _ensemble_notes(estimate: str, fit_split: str, split: str, folds: int | None
 
 @dataclass
 class Prediction:
-    """The fused probability and label of one scan, with each member's probability."""
+    """The fused probability and label of one scan, with each member's probability. For three
+    or more classes, `probability` is the predicted class's and `probabilities` holds every
+    class's (members' rows in `member_probabilities`)."""
 
     scan: str
     probability: float
     label: str
-    member_probabilities: list[float]
+    member_probabilities: list[Any]
+    probabilities: dict[str, float] | None = None
 
 
 @dataclass
@@ -573,13 +613,21 @@ class PredictReport:
 
     model: Path
     predictor: Predictor
-    threshold: Threshold
+    threshold: Threshold | None  # None for three or more classes: the most probable one
     predictions: list[Prediction]
     failed: list[tuple[str, str]]
     notes: list[str] = field(default_factory=list)
 
     def save_csv(self, path: PathLike) -> None:
-        """scan,probability,label,threshold per scan."""
+        """scan,probability,label,threshold per scan; for three or more classes
+        scan,label,probability and one column per class (`p_NAME`)."""
+        if self.threshold is None:
+            names = self.predictor.classes
+            _write_csv(path, ["scan", "label", "probability", *(f"p_{n}" for n in names)],
+                       [(p.scan, p.label, repr(p.probability),
+                         *(repr(p.probabilities[n]) for n in names))  # type: ignore[index]
+                        for p in self.predictions])
+            return
         _write_csv(path, ["scan", "probability", "label", "threshold"],
                    [(p.scan, repr(p.probability), p.label, repr(self.threshold.value))
                     for p in self.predictions])
@@ -589,10 +637,12 @@ class PredictReport:
             "model": str(self.model),
             "kind": self.predictor.kind,
             "members": [str(m.path) for m in self.predictor.members],
-            "threshold": self.threshold.to_dict(),
+            "classes": list(self.predictor.classes),
+            "threshold": None if self.threshold is None else self.threshold.to_dict(),
             "predictions": [
                 {"scan": p.scan, "probability": p.probability, "label": p.label,
-                 "threshold": self.threshold.value,
+                 "threshold": None if self.threshold is None else self.threshold.value,
+                 **({} if p.probabilities is None else {"probabilities": p.probabilities}),
                  "member_probabilities": p.member_probabilities}
                 for p in self.predictions
             ],
@@ -614,8 +664,16 @@ def predict(model: PathLike, scans: Sequence[PathLike], *, device: str | None = 
     if not found.paths:
         raise BadInputError(f"every scan failed ({len(found.failed)}); first: "
                             f"{found.failed[0][1]}")
-    chosen = stored_threshold(predictor)
     probs = predictor.fuse(found.probs)
+    if len(predictor.classes) > 2:
+        names = predictor.classes
+        predictions = [
+            Prediction(path, float(p.max()), names[int(p.argmax())], m.tolist(),
+                       {n: float(v) for n, v in zip(names, p, strict=True)})
+            for path, p, m in zip(found.paths, probs, found.probs, strict=True)
+        ]
+        return PredictReport(model, predictor, None, predictions, found.failed, notes)
+    chosen = stored_threshold(predictor)
     predictions = [
         Prediction(path, float(p), "covid" if p >= chosen.value else "non-covid", m.tolist())
         for path, p, m in zip(found.paths, probs, found.probs, strict=True)

@@ -68,7 +68,9 @@ def _sync(device: torch.device) -> None:
 
 
 def logits_to_probs(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """The covid probability per scan from `B x num_classes` logits (see `CLASS_DEFINITIONS`)."""
+    """Probabilities from `B x num_classes` logits: for a binary model (see
+    `CLASS_DEFINITIONS`) the covid probability per scan (`B`); for three or more classes, every
+    class's (`B x K`, softmax)."""
     logits = logits.float().reshape(logits.shape[0], -1)
     if logits.shape[1] != num_classes:
         raise BadInputError(
@@ -77,7 +79,9 @@ def logits_to_probs(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
         )
     if num_classes == 1:
         return torch.sigmoid(logits[:, 0])
-    return torch.softmax(logits, dim=1)[:, 1]
+    if num_classes == 2:
+        return torch.softmax(logits, dim=1)[:, 1]
+    return torch.softmax(logits, dim=1)
 
 
 @dataclass
@@ -92,13 +96,23 @@ class Member:
     num_classes: int
 
     @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names by label, as the checkpoint records them."""
+        return tuple(self.spec.classes)
+
+    @property
+    def binary(self) -> bool:
+        return len(self.spec.classes) == 2
+
+    @property
     def preprocess(self) -> PreprocessConfig:
         """How this member's scans are preprocessed: what its checkpoint recorded."""
         return PreprocessConfig.from_dict(self.spec.preprocess)
 
     @torch.inference_mode()
     def probs(self, batch: torch.Tensor) -> torch.Tensor:
-        """Covid probabilities (float32, on the device) of uint8 scans `B x 1 x D x H x W`."""
+        """Covid probabilities (float32, on the device) of uint8 scans `B x 1 x D x H x W`;
+        for three or more classes, every class's (`B x K`)."""
         dims = spatial_dims(self.spec.backbone)
         x = to_model_input(batch.to(self.device, non_blocking=True),
                            channels_last=scans_channels_last(self.precision, dims))
@@ -126,7 +140,11 @@ def load_member(
     except BadInputError as exc:
         raise BadInputError(f"{path}: {exc}") from exc
     num_classes = getattr(model, "num_classes", None) or spec.model_args.get("num_classes", 1)
-    if num_classes not in CLASS_DEFINITIONS:
+    if len(spec.classes) > 2:
+        if num_classes != len(spec.classes):
+            raise BadInputError(f"{path}: a model with {num_classes} outputs for "
+                                f"{len(spec.classes)} classes")
+    elif num_classes not in CLASS_DEFINITIONS:
         raise BadInputError(
             f"{path}: a model with {num_classes} outputs; covidzoo reads "
             + " or ".join(CLASS_DEFINITIONS.values())
@@ -139,6 +157,10 @@ def load_member(
 
 def check_members(members: Sequence[Member]) -> None:
     """Members must agree on what their outputs mean before their probabilities are fused."""
+    classes = {m.classes for m in members}
+    if len(classes) > 1:
+        listed = "; ".join(f"{m.path.name}: {', '.join(m.classes)}" for m in members)
+        raise BadInputError(f"members have different classes ({listed})")
     kinds = {m.num_classes for m in members}
     if len(kinds) > 1:
         listed = "; ".join(f"{m.path.name}: {CLASS_DEFINITIONS[m.num_classes]}" for m in members)
@@ -165,7 +187,7 @@ def is_ensemble_file(path: str | os.PathLike[str]) -> bool:
 
 def write_ensemble_file(
     path: str | os.PathLike[str], members: Sequence[str | os.PathLike[str]], ensembler: Any,
-    threshold: float,
+    threshold: float | None,
 ) -> Path:
     """Write an ensemble file atomically: member paths relative to its folder where possible,
     so a folder of checkpoints and its ensemble file can move together.
@@ -187,7 +209,7 @@ def write_ensemble_file(
         "format": ENSEMBLE_FORMAT,
         "members": listed,
         "ensembler": state,
-        "threshold": float(threshold),
+        "threshold": None if threshold is None else float(threshold),  # None: multi-class
         "covidzoo_version": __version__,
         "provenance": {
             "ensembler": _ensembler_provenance(state),
@@ -388,11 +410,25 @@ class Predictor:
                              f"not as it was trained ({describe(trained)}): --preprocess")
         return notes
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The class names by label (every member's: `check_members`)."""
+        return self.members[0].classes
+
     def fuse(self, member_probs: NDArray[np.float64]) -> NDArray[np.float64]:
-        """One probability per scan from `n_scans x n_members` probabilities."""
+        """One probability per scan from `n_scans x n_members` probabilities; for three or
+        more classes, one row of class probabilities per scan from `n_scans x n_members x K`
+        (the members' mean: the fusion of the 3D RegNet paper, the only one for classes)."""
+        probs = np.asarray(member_probs, dtype=np.float64)
         if self.ensembler is None:
-            return np.asarray(member_probs, dtype=np.float64)[:, 0]
-        return np.asarray(self.ensembler.predict(member_probs), dtype=np.float64)
+            return probs[:, 0]
+        if probs.ndim == 3:
+            if getattr(self.ensembler, "method", "mean") != "mean":
+                raise BadInputError(f"{self.path}: the '{self.ensembler.method}' ensembler "
+                                    "fuses covid probabilities; a multi-class ensemble "
+                                    "averages class probabilities (method mean)")
+            return probs.mean(axis=1)
+        return np.asarray(self.ensembler.predict(probs), dtype=np.float64)
 
 
 def load_predictor(
@@ -433,11 +469,12 @@ class EvalData:
 
     source: str
     sources: list[str]
-    labels: NDArray[np.int64]
+    labels: NDArray[np.int64]  # indices of the members' classes
     splits: list[str]
     datasets: dict[str, Any]  # config digest -> CachedScans
     rows: dict[str, list[int]]  # config digest -> the dataset index of each scan
     failed: list[tuple[str, str]] = field(default_factory=list)
+    classes: tuple[str, ...] = ("non-covid", "covid")
 
     def indices(self, split: str | None, labelled: bool = True) -> NDArray[np.int64]:
         """Rows of `split` (`None` or "all": every split), only labelled ones by default."""
@@ -472,20 +509,22 @@ def load_eval_data(
     datasets: dict[str, Any] = {}
     if found.cache is not None:
         prepared = CachedScans(found.cache)
+        data_classes = prepared.classes
         _check_cache_config(found.cache, prepared.config, members)
         if not any(wanted is None or e["split"] in wanted for e in prepared.entries):
             raise BadInputError(f"no scans in split(s) {', '.join(sorted(wanted or []))} of "
                                 f"{source}")
         datasets = dict.fromkeys(config_groups(members), prepared)
     else:
-        records = [r for r in found.records() if wanted is None or r.split in wanted]
+        listed, data_classes = found.labelled()
+        records = [r for r in listed if wanted is None or r.split in wanted]
         if not records:
             raise BadInputError(f"no scans in split(s) {', '.join(sorted(wanted or []))} of "
                                 f"{source}")
         key = f"{source}#splits={','.join(sorted(wanted)) if wanted else 'all'}"
         for digest, cfg in config_groups(members).items():
             result = prepare_cache(records, cache_dir_for(key, cfg), cfg, workers=workers,
-                                   progress=progress)
+                                   progress=progress, classes=data_classes)
             for scan, reason in result.failed:
                 failed.setdefault(scan, reason)
             datasets[digest] = CachedScans(result.cache_dir)
@@ -503,16 +542,29 @@ def load_eval_data(
         first_failure = next(iter(failed.values()), "no scans")
         raise BadInputError(f"no scan of {source} could be read ({len(failed)} failed; first: "
                             f"{first_failure})")
+    to_model = _class_map(data_classes, members[0].classes, source)
     return EvalData(
         source=source,
         sources=common,
-        labels=np.asarray([-1 if by_source[s]["label"] is None else int(by_source[s]["label"])
-                           for s in common], dtype=np.int64),
+        labels=np.asarray([-1 if by_source[s]["label"] is None
+                           else to_model[int(by_source[s]["label"])] for s in common],
+                          dtype=np.int64),
+        classes=members[0].classes,
         splits=[by_source[s]["split"] for s in common],
         datasets=datasets,
         rows={d: [positions[d][s] for s in common] for d in datasets},
         failed=sorted(failed.items()),
     )
+
+
+def _class_map(data: Sequence[str], model: Sequence[str], source: str) -> list[int]:
+    """The model's label of each of the data's labels, by class name: a class the model does
+    not know is bad input (its scores could not be graded)."""
+    unknown = [name for name in data if name not in model]
+    if unknown:
+        raise BadInputError(f"{source} holds class(es) {', '.join(unknown)}; the model knows "
+                            f"{', '.join(model)}")
+    return [list(model).index(name) for name in data]
 
 
 def _check_cache_config(cache: Path, config: PreprocessConfig, members: Sequence[Member]) -> None:
@@ -557,7 +609,8 @@ def member_probs(
     """
     if batch_size < 1:
         raise BadInputError(f"--batch-size must be at least 1, got {batch_size}")
-    out = np.empty((len(indices), len(members)), dtype=np.float64)
+    classes = () if not members or members[0].binary else (len(members[0].classes),)
+    out = np.empty((len(indices), len(members), *classes), dtype=np.float64)
     seconds = 0.0
     with progress_bar(len(indices) * len(members), "scoring", enabled=progress,
                       rate_unit="scans") as advance:
@@ -572,7 +625,8 @@ def member_probs(
                 advance(len(batch))
             _sync(member.device)
             seconds += time.perf_counter() - start
-            out[:, k] = torch.cat(chunks).double().numpy() if chunks else []
+            if chunks:
+                out[:, k] = torch.cat(chunks).double().numpy()
     return out, seconds
 
 
@@ -584,7 +638,7 @@ class ScanPredictions:
     """Member probabilities of the scans that could be read, and the scans that could not."""
 
     paths: list[str]
-    probs: NDArray[np.float64]  # n_scans x n_members
+    probs: NDArray[np.float64]  # n_scans x n_members (x K classes beyond two)
     failed: list[tuple[str, str]]
 
 
@@ -633,7 +687,8 @@ def predict_paths(
             failures_shown = len(failed)
             names += batch_names
             rows.append(np.stack(columns, axis=1))
-    probs = np.concatenate(rows) if rows else np.empty((0, len(predictor.members)))
+    shape = () if predictor.members[0].binary else (len(predictor.classes),)
+    probs = np.concatenate(rows) if rows else np.empty((0, len(predictor.members), *shape))
     return ScanPredictions(names, probs, failed)
 
 

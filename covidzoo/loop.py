@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from .checkpoint import unwrap_model
 from .errors import BadInputError
 from .runtime import Dist, Precision
+from .task import Task
 from .transforms import ScanAugment, to_model_input
 
 SCHEDULES = ("cosine", "step", "none")
@@ -52,9 +54,11 @@ def device_batch(
     device: torch.device,
     channels_last: bool = False,
     augment: ScanAugment | None = None,
+    task: Task | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A loader batch on the device: the model input (augmented when `augment` is given) and
-    the float targets `B x 1`, unknown labels (-1) as 0.
+    the targets of `task` (`Task.targets`; without a task, binary float targets `B x 1`),
+    unknown labels (-1) as 0.
 
     Both copies are asynchronous (the loader pins its memory on CUDA): a blocking copy would make
     the host wait for the previous training step before it can queue this one.
@@ -62,14 +66,19 @@ def device_batch(
     x = to_model_input(scans.to(device, non_blocking=True), channels_last=channels_last)
     if augment is not None:
         x = augment(x)
-    y = labels.to(device, non_blocking=True).clamp(min=0).to(torch.float32).view(-1, 1)
-    return x, y
+    labels = labels.to(device, non_blocking=True)
+    if task is not None:
+        return x, task.targets(labels)
+    return x, labels.clamp(min=0).to(torch.float32).view(-1, 1)
 
 
 def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: Any, scaler: Any,
                precision: Precision, *, cuda_graphs: bool = False,
-               pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+               pos_weight: torch.Tensor | None = None,
+               loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+               ) -> torch.Tensor:
     """One optimizer step on a device batch; returns the loss, detached and not yet read.
+    `loss_fn(logits, y)` (a `Task.loss`) replaces the default binary cross-entropy.
 
     Nothing here waits for the device, so the host queues the next batch's copy and augmentation
     while this step runs (with fp16, the `GradScaler` skips its host-side check only for
@@ -79,7 +88,8 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, optimizer: An
         torch.compiler.cudagraph_mark_step_begin()
     with precision.autocast(x.device.type):
         logits = model(x)
-    loss = F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight)
+    loss = (loss_fn(logits, y) if loss_fn is not None
+            else F.binary_cross_entropy_with_logits(logits.float(), y, pos_weight=pos_weight))
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)

@@ -4,6 +4,7 @@
 
     config.json          the full resolved configuration
     metrics.jsonl        one JSON line per epoch
+    split.csv            the scans the run trains and validates on (path,label,split,group)
     best.safetensors     the model of the best validation AUC (with its Youden threshold)
     last.safetensors     the model after the last finished epoch, plus last.state.* for --resume
 
@@ -35,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -48,7 +48,9 @@ from .checkpoint import (
     save_state,
     state_paths,
 )
+from .data.layouts import write_split_csv
 from .data.sources import DataSource, TrainingData, data_source, scan_size, training_data
+from .ema import ModelEma
 from .errors import BadInputError, CovidzooError, one_line
 from .factory import check_scan_size, default_aggregator, get_component, spatial_dims
 from .fileio import (
@@ -72,6 +74,7 @@ from .loop import (
     train_step,
     training_loader,
 )
+from .mixing import BatchMixer
 from .progress import progress_bar
 from .runtime import (
     Precision,
@@ -88,6 +91,7 @@ from .runtime import (
     to_layout,
     tune_cudnn,
 )
+from .task import Task
 from .transforms import AugmentConfig, ScanAugment
 from .values import format_number
 
@@ -102,8 +106,8 @@ LOSS_READ_S = 2.0
 # running statistics fixed; "train" normalises with batch statistics and updates them.
 FROZEN_BN_MODES = ("eval", "train")
 # The names a run folder shows, each a link to the file of the current generation.
-RUN_FILES = ("config.json", "metrics.jsonl", "best.safetensors", "last.safetensors",
-             "last.state.safetensors", "last.state.json")
+RUN_FILES = ("config.json", "metrics.jsonl", "split.csv", "best.safetensors",
+             "last.safetensors", "last.state.safetensors", "last.state.json", "ema.safetensors")
 # What --resume may change in config.json: how the run is executed and how long it goes on, not
 # what it learns from. --epochs extends (or shortens) a run, its schedule stretched to the new
 # length; --patience only decides when to stop; the device, precision, layout, compilation,
@@ -148,6 +152,19 @@ class TrainConfig:
     schedule: str = "cosine"
     warmup_epochs: int = 1
     pos_weight: float | None = None
+    # One weight per class in the loss (generalises pos_weight); label smoothing of targets.
+    class_weights: tuple[float, ...] | None = None
+    label_smoothing: float = 0.0
+    # Regularisers, off when None: mixup / cutmix Beta(alpha, alpha), and the decay of an
+    # exponential moving average of the weights (covidzoo.mixing, covidzoo.ema).
+    mixup: float | None = None
+    cutmix: float | None = None
+    ema: float | None = None
+    # Initial weights from a local file (covidzoo.weights): inflated from 2D with
+    # init_inflate, names mapped by a named key map (e.g. "timm-regnet").
+    init: str | None = None
+    init_inflate: bool = False
+    init_key_map: str | None = None
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
@@ -156,6 +173,9 @@ class TrainConfig:
     unfreeze_last: int = 0
     frozen_bn: str = "eval"
     val_split: float | None = None
+    # A split CSV (`layouts.write_split_csv`: a cross-validation fold) that decides the train
+    # and val scans instead of the data's own splits and --val-split.
+    split_file: str | None = None
     seed: int = 0
     out: str | None = None
     resume: bool = False
@@ -195,6 +215,17 @@ class TrainConfig:
                 raise BadInputError(f"--preprocess: {exc}") from None
             except BadInputError as exc:
                 raise BadInputError(f"--preprocess: {exc}") from None
+        from .ema import check_decay
+        from .mixing import check_mix_args
+
+        check_mix_args(self.mixup or 0.0, self.cutmix or 0.0)  # names --mixup / --cutmix
+        if self.ema is not None:
+            check_decay(self.ema)  # names --ema
+        if not (math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1):
+            raise BadInputError(f"--label-smoothing must be in [0, 1), got "
+                                f"{self.label_smoothing}")
+        if (self.init_inflate or self.init_key_map) and self.init is None:
+            raise BadInputError("--init-inflate and --init-key-map need --init FILE")
         if self.frozen_bn not in FROZEN_BN_MODES:
             raise BadInputError(f"--frozen-bn must be one of {', '.join(FROZEN_BN_MODES)}, "
                                 f"got '{self.frozen_bn}'")
@@ -252,7 +283,9 @@ class RunState:
     scheduler: Any
     scaler: Any
     augment: ScanAugment | None
-    pos_weight: torch.Tensor | None
+    task: Task
+    mixer: BatchMixer | None = None  # --mixup / --cutmix
+    ema: ModelEma | None = None  # --ema: the average of `model`'s weights
     start_epoch: int = 1
     best_auc: float = -1.0
     stale: int = 0
@@ -429,10 +462,12 @@ class Trainer:
         """Rank 0 prepares the cache; the others open it once it is complete."""
         cfg = self.cfg
 
+        split = self._saved_split()
+
         def load(prepare: bool) -> TrainingData:
             return training_data(cfg.source, size, val_split=cfg.val_split, seed=cfg.seed,
                                  workers=self.workers, quiet=self.quiet or not prepare,
-                                 prepare=prepare, steps=cfg.preprocess)
+                                 prepare=prepare, steps=cfg.preprocess, split=split)
 
         data = load(prepare=True) if self.dist.main else None
         barrier(self.dist)
@@ -440,11 +475,38 @@ class Trainer:
         data.check(cfg.batch_size)
         return data
 
-    def _spec(self, preprocess: dict[str, Any]) -> ModelSpec:
+    def _init_weights(self, model: nn.Module) -> None:
+        """--init FILE: load its matching tensors into the fresh model and show what loaded."""
+        from .weights import format_report, load_init_weights
+
+        report = load_init_weights(model, self.cfg.init, inflate=self.cfg.init_inflate,
+                                   key_map=self.cfg.init_key_map)
+        self.init_report = report.to_dict()
+        if not self.quiet and self.dist.main:
+            from .cli.options import print_table
+
+            print(report.summary(), file=sys.stderr)
+            print_table("--init", ["tensors", "count", "first keys"], format_report(report))
+
+    def _saved_split(self) -> list[Any] | None:
+        """The split this run uses when it is decided already: the one --resume's generation
+        saved (a run continues on the scans it started with, even if --val-split's draw or
+        the data's listing would now differ), else --split-file's; None otherwise."""
+        from .data.layouts import read_split_csv
+
+        if self.resume_from is not None and (self.resume_from.path / "split.csv").exists():
+            return read_split_csv(self.resume_from.path / "split.csv")
+        if self.cfg.split_file is not None:
+            return read_split_csv(self.cfg.split_file)
+        return None
+
+    def _spec(self, preprocess: dict[str, Any], task: Task | None = None) -> ModelSpec:
         cfg = self.cfg
+        task = task or Task()
         return ModelSpec(
             backbone=cfg.backbone,
-            model_args={"in_chans": 1, "num_classes": 1, **cfg.model_args},
+            model_args={"in_chans": 1, **cfg.model_args, "num_classes": task.outputs},
+            classes=list(task.classes),
             aggregator=(
                 default_aggregator(cfg.backbone) if cfg.aggregator == "auto" else cfg.aggregator
             ),
@@ -452,8 +514,9 @@ class Trainer:
             preprocess=preprocess,
         )
 
-    def _build_model(self, preprocess: dict[str, Any]) -> tuple[nn.Module, ModelSpec]:
-        spec = self._spec(preprocess)
+    def _build_model(self, preprocess: dict[str, Any], task: Task
+                     ) -> tuple[nn.Module, ModelSpec]:
+        spec = self._spec(preprocess, task)
         model = to_layout(spec.build().to(self.device), self.precision, self.spatial_dims)
         return model, spec
 
@@ -471,7 +534,10 @@ class Trainer:
         if saved_config is not None:  # the settings known so far, before the data is prepared
             self._check_same_run(saved_config, {**cfg.to_dict(), "size": list(size)})
         data = self._load_data(size)
-        model, spec = self._build_model(data.preprocess)
+        task = Task(data.classes, cfg.pos_weight, cfg.class_weights, cfg.label_smoothing)
+        model, spec = self._build_model(data.preprocess, task)
+        if cfg.init is not None and self.resume_from is None:  # resumed: the saved weights
+            self._init_weights(model)
         if cfg.freeze_epochs > 0:
             target = fine_tunable(model)
             if target is None:
@@ -492,8 +558,11 @@ class Trainer:
             optimizer=optimizer, scheduler=scheduler,
             scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision.use_scaler),
             augment=ScanAugment(AugmentConfig(), seed=cfg.seed) if cfg.augment else None,
-            pos_weight=None if cfg.pos_weight is None else torch.tensor([cfg.pos_weight],
-                                                                         device=self.device),
+            task=task,
+            mixer=(BatchMixer(cfg.mixup or 0.0, cfg.cutmix or 0.0, seed=cfg.seed,
+                              num_classes=None if task.binary else len(task.classes))
+                   if cfg.mixup or cfg.cutmix else None),
+            ema=ModelEma(model, cfg.ema) if cfg.ema is not None else None,
         )
         if saved_config is not None:
             self._check_same_run(saved_config, self._resolved_config(state), every_key=True)
@@ -529,6 +598,11 @@ class Trainer:
         but `RESUME_MAY_CHANGE`), naming each difference; `every_key=False` compares only the
         keys of `now`."""
         old, new = _flat(saved), _flat(json.loads(json.dumps(now)))
+        # A key the saved config lacks was written before the setting existed: it had the
+        # setting's default then (e.g. no --mixup, two classes).
+        defaults = _flat(json.loads(json.dumps(
+            {**asdict(TrainConfig(backbone="")), "model": ModelSpec(backbone="").to_dict()})))
+        old = {**{k: v for k, v in defaults.items() if k in new}, **old}
         keys = sorted(set(old) | set(new)) if every_key else sorted(new)
         differ = [f"{key} {json.dumps(old.get(key))} then, {json.dumps(new.get(key))} now"
                   for key in keys
@@ -598,7 +672,10 @@ class Trainer:
         t0 = time.perf_counter()
         train_loss, n_seen = self._train_epoch(state, epoch)
         train_time = time.perf_counter() - t0
-        val = self.evaluate(state.model, state.data.val, state.pos_weight)
+        val = self.evaluate(state.model, state.data.val, state.task)
+        raw = None
+        if state.ema is not None:  # the average is the model kept: it chooses best
+            raw, val = val, self.evaluate(state.ema.module, state.data.val, state.task)
         row = {
             "epoch": epoch,
             "train_loss": all_reduce_mean(self.dist, train_loss, n_seen),
@@ -610,6 +687,9 @@ class Trainer:
             "train_scans_per_s": n_seen * self.dist.world / max(train_time, 1e-9),
             "epoch_time_s": time.perf_counter() - t0,
         }
+        if raw is not None:
+            row.update(raw_val_loss=raw["loss"], raw_val_auc=raw["auc"], raw_val_f1=raw["f1"],
+                       raw_val_threshold=raw["threshold"])
         state.history.append(row)
         auc = val["auc"] if val["auc"] is not None else -1.0
         row["improved"] = auc > state.best_auc
@@ -620,7 +700,8 @@ class Trainer:
     def _record(self, state: RunState, row: dict[str, Any]) -> None:
         """Save the epoch: its metrics line, the best checkpoint when it improved, and last."""
         improved = row.pop("improved")
-        self._save(state, epoch=row["epoch"], threshold=row["val_threshold"], best=improved)
+        self._save(state, epoch=row["epoch"], threshold=row["val_threshold"], best=improved,
+                   raw_threshold=row.get("raw_val_threshold", row["val_threshold"]))
 
     def _summary(self, state: RunState, completed: int, interrupted: bool,
                  seconds: float) -> dict[str, Any]:
@@ -641,6 +722,8 @@ class Trainer:
             "threshold": best["val_threshold"] if best else None,
             "train_time_s": seconds,
             "interrupted": interrupted,
+            "classes": list(state.task.classes),
+            "init": getattr(self, "init_report", None),
         }
 
     def _set_stage(self, model: nn.Module, epoch: int) -> None:
@@ -673,11 +756,13 @@ class Trainer:
             last_read = time.monotonic()
             for batch, labels in loader:
                 x, y = device_batch(batch, labels, self.device, self.channels_last_scans,
-                                    state.augment)
+                                    state.augment, state.task)
+                if state.mixer is not None:
+                    x, y = state.mixer(x, y)  # soft targets: binary B x 1, else B x K
                 try:
                     loss = train_step(state.train_model, x, y, state.optimizer, state.scaler,
                                       self.precision, cuda_graphs=cuda_graphs,
-                                      pos_weight=state.pos_weight)
+                                      loss_fn=state.task.loss)
                 except ValueError as exc:
                     if BATCHNORM_NEEDS_TWO not in str(exc):
                         raise
@@ -687,6 +772,8 @@ class Trainer:
                         f"channel at {'x'.join(map(str, state.size))}; use --batch-size 2 or "
                         "more") from None
                 state.scheduler.step()
+                if state.ema is not None:
+                    state.ema.update(state.model)  # after the optimizer step
                 total += loss * len(y)
                 seen += len(y)
                 if advance.shown and time.monotonic() - last_read >= read_every:
@@ -697,22 +784,23 @@ class Trainer:
         return float(total) / max(seen, 1), seen
 
     @torch.inference_mode()
-    def evaluate(self, model: nn.Module, dataset: Dataset,
-                 pos_weight: torch.Tensor | None) -> dict[str, Any]:
-        """Validation loss, AUC, and F1 at the Youden threshold of these predictions."""
+    def evaluate(self, model: nn.Module, dataset: Dataset, task: Task) -> dict[str, Any]:
+        """Validation loss, AUC, and F1: binary, the AUC and the F1 at the Youden threshold of
+        these predictions; multi-class, the macro one-vs-rest AUC and the macro F1 of the
+        most probable class (no threshold)."""
         from .metrics import f1_covid, roc_auc, youden_threshold
+        from .multiclass_metrics import macro_f1_argmax, macro_ovr_auc
 
         model.eval()
         loader = self._loader(dataset, train=False, epoch=0)
         indices = list(iter(loader.sampler))
         probs, labels, losses = [], [], []
         for batch, y in loader:
-            x, yt = device_batch(batch, y, self.device, self.channels_last_scans)
+            x, yt = device_batch(batch, y, self.device, self.channels_last_scans, task=task)
             with self.precision.autocast(self.device.type):
                 logits = model(x).float()
-            losses.append(F.binary_cross_entropy_with_logits(
-                logits, yt, pos_weight=pos_weight, reduction="none").view(-1))
-            probs.append(torch.sigmoid(logits).view(-1))
+            losses.append(task.loss(logits, yt, reduction="none"))
+            probs.append(task.probs(logits))
             labels.append(y)
         idx, p, t, lo = all_gather_arrays(  # one copy to the host, not one per batch
             self.dist, np.asarray(indices), torch.cat(probs).cpu().numpy(),
@@ -720,6 +808,10 @@ class Trainer:
         )
         _, first = np.unique(idx, return_index=True)  # DistributedSampler pads with repeats
         p, t, lo = p[first], t[first].astype(np.int64), lo[first]
+        if not task.binary:
+            return {"loss": float(lo.mean()), "auc": macro_ovr_auc(t, p, len(task.classes)),
+                    "threshold": None, "f1": macro_f1_argmax(t, p, len(task.classes)),
+                    "probs": p, "labels": t}
         auc = roc_auc(t, p)
         threshold = youden_threshold(t, p) if auc is not None else 0.5
         return {"loss": float(lo.mean()), "auc": auc, "threshold": float(threshold),
@@ -728,20 +820,28 @@ class Trainer:
     # -- checkpoints --
 
     def _save(self, state: RunState, *, epoch: int, threshold: float | None = None,
-              best: bool = False) -> None:
+              best: bool = False, raw_threshold: float | None = None) -> None:
         """Save everything the run folder holds after `epoch` as one generation (see the module
         docstring): the configuration, the metrics so far, last with its resume state, and best
         (written anew when `best`, otherwise taken over from the previous generation)."""
         spec = replace(state.spec, threshold=threshold)
+        # With --ema, best and ema.safetensors hold the average (`threshold` is its), last the
+        # raw weights --resume continues, with their own threshold.
+        last_spec = spec if state.ema is None else replace(state.spec, threshold=raw_threshold)
+        kept = state.model if state.ema is None else state.ema.module
 
         def write(folder: Path) -> None:
             (folder / "config.json").write_text(
                 json.dumps(self._resolved_config(state), indent=2))
             (folder / "metrics.jsonl").write_text(
                 "".join(json.dumps(row) + "\n" for row in state.history))
+            if state.data.records is not None:
+                write_split_csv(state.data.records, folder / "split.csv")
             if best:
-                save_checkpoint(folder / "best.safetensors", state.model, spec)
-            save_checkpoint(folder / "last.safetensors", state.model, spec)
+                save_checkpoint(folder / "best.safetensors", kept, spec)
+            save_checkpoint(folder / "last.safetensors", state.model, last_spec)
+            if state.ema is not None:
+                save_checkpoint(folder / "ema.safetensors", state.ema.module, spec)
             kill_point("weights", epoch)
             save_state(folder / "last.safetensors", {
                 "epoch": epoch, "best_auc": state.best_auc, "stale": state.stale,
@@ -749,6 +849,9 @@ class Trainer:
                 "scheduler": state.scheduler.state_dict(), "scaler": state.scaler.state_dict(),
                 "rng": rng_state(),
                 "augment": state.augment.state_dict() if state.augment is not None else None,
+                "mixer": state.mixer.state_dict() if state.mixer is not None else None,
+                "ema": (None if state.ema is None else  # its weights: ema.safetensors
+                        {k: v for k, v in state.ema.state_dict().items() if k != "weights"}),
             })
 
         carry = () if best or not state.has_best else ("best.safetensors",)
@@ -775,6 +878,13 @@ class Trainer:
                 state.scaler.load_state_dict(saved["scaler"])
             if state.augment is not None and saved.get("augment"):
                 state.augment.load_state_dict(saved["augment"])
+            if state.mixer is not None:
+                state.mixer.load_state_dict(saved["mixer"])
+            if state.ema is not None:
+                if "ema.safetensors" not in generation:
+                    raise BadInputError(f"--resume: {generation.path} holds no ema.safetensors")
+                state.ema.load_state_dict({**saved["ema"], "weights": load_file(
+                    str(generation.path / "ema.safetensors"), device=str(self.device))})
             set_rng_state(saved["rng"])
             state.start_epoch = int(saved["epoch"]) + 1
             state.best_auc, state.stale = float(saved["best_auc"]), int(saved["stale"])

@@ -121,3 +121,12 @@ def format_apart(value: float, reference: float, digits: int = DIGITS) -> tuple[
         digits += 1
         shown = format_number(value, digits), format_number(reference, digits)
     return shown
+
+
+def check_classes(value: object, where: str = "classes") -> tuple[str, ...]:
+    """A recorded class list (a checkpoint's, an ensemble file's): two or more distinct
+    non-empty strings; anything else is bad input naming `where`."""
+    if (not isinstance(value, list | tuple) or len(value) < 2
+            or not all(isinstance(c, str) and c for c in value) or len(set(value)) != len(value)):
+        raise BadInputError(f"{where}: {value!r:.80} is not a list of two or more class names")
+    return tuple(value)

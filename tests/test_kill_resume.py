@@ -29,7 +29,7 @@ EPOCHS = 3
 TRAIN = ["train", "regnet3d", "--depths", "1,1,1,1", "--widths", "8,16,16,32", "--stem-width",
          "8", "--size", "16,32,32", "--epochs", str(EPOCHS), "--batch-size", "3", "--device",
          "cpu", "--threads", "1"]
-RUN_FILES = {"config.json", "metrics.jsonl", "best.safetensors", "last.safetensors",
+RUN_FILES = {"config.json", "metrics.jsonl", "split.csv", "best.safetensors", "last.safetensors",
              "last.state.safetensors", "last.state.json"}
 
 

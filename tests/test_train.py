@@ -68,7 +68,9 @@ def test_full_tiny_run_writes_the_run_folder(dataset, tmp_path):
 
     trainer.precision, trainer.dist = Precision("fp32"), Dist()
     trainer.channels_last_scans, trainer.workers, trainer._loaders = False, 0, {}
-    result = trainer.evaluate(model, val, None)
+    from covidzoo.task import Task
+
+    result = trainer.evaluate(model, val, Task())
     assert result["auc"] == pytest.approx(summary["best_val_auc"], abs=1e-12)
 
 

@@ -31,23 +31,29 @@ def data() -> None:
 @click.option("--seed", default=0, show_default=True, help="Random seed: same seed, same data.")
 @click.option("--format", "fmt", default="jpg", show_default=True, help="dicom or jpg.")
 @click.option("--shape", default="40,128,128", show_default=True, help="Native D,H,W per scan.")
+@click.option("--classes", default=2, show_default=True, type=click.IntRange(2, 3),
+              help="3 adds a third class, pneumonia (lobar consolidation).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def synth(out: Path, n: int, seed: int, fmt: str, shape: str, as_json: bool) -> None:
+def synth(out: Path, n: int, seed: int, fmt: str, shape: str, classes: int,
+          as_json: bool) -> None:
     """Write synthetic chest CT scans to OUT in the COV19-CT-DB layout.
 
     OUT/{train,val}/{covid,non-covid}/SCAN, as DICOM series or JPG-slice folders; covid scans
-    carry ground-glass opacities in the lung periphery.
+    carry ground-glass opacities in the lung periphery. With --classes 3, also
+    OUT/{train,val}/pneumonia/SCAN.
     """
-    from ..data.layouts import find_scans
+    from ..data.layouts import find_labelled
     from ..data.synthetic import synthesize
 
-    path = synthesize(out, n=n, seed=seed, fmt=fmt, shape=parse_size("--shape", shape))
-    records = find_scans(path)
+    path = synthesize(out, n=n, seed=seed, fmt=fmt, shape=parse_size("--shape", shape),
+                      classes=classes)
+    records, names = find_labelled(path)
     summary = {
         "path": str(path),
         "format": fmt,
         "scans": len(records),
-        "covid": sum(r.label == 1 for r in records),
+        "classes": list(names),
+        "covid": sum(names[r.label] == "covid" for r in records),
         "val": sum(r.split == "val" for r in records),
     }
     if as_json:

@@ -95,8 +95,11 @@ def evaluate(model: Path, data_root: Path | None, manifest: Path | None, workers
         print_json(result)
         return
     _report_failed(report.data.failed)
-    _print_report(f"{model.name} on {report.data.source} ({split})", report.metrics,
-                  report.threshold)
+    title = f"{model.name} on {report.data.source} ({split})"
+    if report.threshold is None:
+        _print_multiclass(title, report.metrics)
+    else:
+        _print_report(title, report.metrics, report.threshold)
     timing = result["timing"]
     click.echo(f"{timing['scans']} scans: {timing['inference_volumes_per_s'] or 0:.1f} "
                f"volumes/s inference, {timing['total_volumes_per_s'] or 0:.1f} volumes/s in all")
@@ -126,6 +129,31 @@ def _print_report(title: str, report: dict[str, Any], chosen: Any) -> None:
                     else f"[{format_number(ci[0])}, {format_number(ci[1])}]")
             rows.append((f"{name} {boot['level']:.0%} CI", f"{text} ({boot['n_boot']} resamples)"))
     print_table(title, ["metric", "value"], rows)
+
+
+def _print_multiclass(title: str, report: dict[str, Any]) -> None:
+    """Per-class one-vs-rest figures, the macro and micro averages, the confusion matrix."""
+    names = report["classes"]
+    rows = [(name, c["support"], _fmt(c["auc"]), _fmt(c["f1"]), _fmt(c["sensitivity"]),
+             _fmt(c["specificity"]), _fmt(c["precision"]))
+            for name, c in report["per_class"].items()]
+    rows.append(("macro", report["n"], _fmt(report["macro_auc"]), _fmt(report["macro_f1"]),
+                 "", "", ""))
+    rows.append(("micro", report["n"], _fmt(report["micro_auc"]), _fmt(report["micro_f1"]),
+                 "", "", ""))
+    print_table(f"{title}: the most probable class of each scan",
+                ["class", "scans", "AUC (one vs rest)", "F1", "sensitivity", "specificity",
+                 "precision"], rows)
+    click.echo(f"accuracy {_fmt(report['accuracy'])}")
+    boot = report.get("bootstrap")
+    if boot:
+        for key, name in (("macro_auc", "macro AUC"), ("macro_f1", "macro F1")):
+            ci = boot[key]
+            text = "undefined" if ci is None else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+            click.echo(f"{name} {boot['level']:.0%} CI {text} ({boot['n_boot']} resamples)")
+    print_table("confusion matrix (rows: true class, columns: predicted)",
+                ["", *names], [(name, *row) for name, row in
+                               zip(names, report["confusion_matrix"], strict=True)])
 
 
 # --- ensemble ----------------------------------------------------------------------------------

@@ -126,6 +126,12 @@ def _predict_table(model: Path, scans: list[Any], csv_path: Path | None, device:
     for note in getattr(report, "notes", ()):
         click.echo(f"note: {note}", err=True)
     chosen = report.threshold
+    if chosen is None:  # three or more classes: the most probable one, every class's figure
+        names = report.predictor.classes
+        print_table(None, ["scan", "label", *names],
+                    [(p.scan, p.label, *(f"{p.probabilities[n]:.4f}" for n in names))
+                     for p in report.predictions])
+        return
     if chosen.source == "default":
         click.echo(f"note: {chosen.note}", err=True)
     rows = []

@@ -33,7 +33,8 @@ from torch.utils.data import Dataset
 from ..errors import BadInputError, one_line
 from ..fileio import atomic_write_bytes, exclusive_lock
 from ..progress import progress_bar
-from .layouts import ScanRecord
+from ..values import check_classes
+from .layouts import BINARY_CLASSES, ScanRecord
 from .paths import prepared_dir
 from .preprocess import PreprocessConfig, prepare_scan
 from .readers import read_scan
@@ -108,13 +109,14 @@ def save_volume(path: Path, array: np.ndarray) -> dict[str, Any]:
 
 
 def write_index(cache_dir: Path, cfg: PreprocessConfig, entries: Sequence[dict[str, Any]],
-                owned: Iterable[str] = (), data_set: str | None = None) -> None:
+                owned: Iterable[str] = (), data_set: str | None = None,
+                classes: Sequence[str] = BINARY_CLASSES) -> None:
     """The index: config, entries, `owned`, every volume file this cache wrote and has not
-    deleted yet (the only files a later `prepare` may delete), and `data`, the data folder or
-    manifest the scans came from when known."""
+    deleted yet (the only files a later `prepare` may delete), `data`, the data folder or
+    manifest the scans came from when known, and `classes`, the class names by label."""
     files = sorted({e["file"] for e in entries} | set(owned))
     data = {"format": INDEX_FORMAT, "config": cfg.to_dict(), "data": data_set,
-            "entries": list(entries), "owned": files}
+            "classes": list(classes), "entries": list(entries), "owned": files}
     atomic_write_bytes(cache_dir / INDEX_NAME, json.dumps(data, indent=1).encode())
 
 
@@ -156,6 +158,7 @@ def _check_index(data: dict[str, Any]) -> None:
     if not isinstance(data["config"], dict):
         raise BadInputError("config is not an object")
     cfg = PreprocessConfig.from_dict(data["config"])
+    classes = check_classes(data.setdefault("classes", list(BINARY_CLASSES)))
     if not isinstance(data["entries"], list) or not isinstance(data["owned"], list):
         raise BadInputError("entries and owned must be lists")
     if not isinstance(data.get("data"), str | None):
@@ -163,7 +166,7 @@ def _check_index(data: dict[str, Any]) -> None:
     seen: set[str] = set()
     for number, entry in enumerate(data["entries"]):
         try:
-            _check_entry(entry, cfg)
+            _check_entry(entry, cfg, len(classes))
         except BadInputError as exc:
             raise BadInputError(f"entry {number}: {exc}") from exc
         except KeyError as exc:
@@ -176,15 +179,15 @@ def _check_index(data: dict[str, Any]) -> None:
         raise BadInputError(f"owned file {bad[0]!r} is not a volume of this cache")
 
 
-def _check_entry(entry: Any, cfg: PreprocessConfig) -> None:
+def _check_entry(entry: Any, cfg: PreprocessConfig, n_classes: int = 2) -> None:
     if not isinstance(entry, dict):
         raise BadInputError("not an object")
     source, file = entry["source"], entry["file"]
     if not isinstance(source, str) or file != volume_file(source):
         raise BadInputError(f"file {file!r} is not the volume of source {source!r}")
     label = entry["label"]
-    if label is not None and (type(label) is not int or label not in (0, 1)):
-        raise BadInputError(f"label {label!r}; labels are 0, 1 or null")
+    if label is not None and (type(label) is not int or not 0 <= label < n_classes):
+        raise BadInputError(f"label {label!r}; labels are 0 to {n_classes - 1} or null")
     if entry["split"] not in SPLIT_NAMES:
         raise BadInputError(f"split {entry['split']!r}; splits are {', '.join(SPLIT_NAMES)}")
     if entry["shape"] != list(cfg.size) or entry["dtype"] != VOLUME_DTYPE:
@@ -349,6 +352,7 @@ def prepare_cache(
     progress: bool = True,
     wait_if_busy: bool = True,
     data_set: str | os.PathLike[str] | None = None,
+    classes: Sequence[str] = BINARY_CLASSES,
 ) -> PrepareResult:
     """Preprocess every record into `out_dir`, skipping scans already there, up to date and
     intact (their file matches the checksum recorded when it was written).
@@ -364,6 +368,7 @@ def prepare_cache(
 
     `data_set` (the data folder or manifest, when known) is recorded in the index; preparing
     another data set into a folder that holds one's cache is refused, not a deletion of it.
+    `classes` (the class names by label) are recorded too.
     """
     cfg = cfg or PreprocessConfig()
     if workers < 0:
@@ -371,11 +376,13 @@ def prepare_cache(
     out = Path(out_dir)
     data = None if data_set is None else str(Path(data_set).resolve())
     with _cache_lock(out, wait_if_busy, progress):
-        return _prepare(list(records), out, cfg, workers, strict, progress, data)
+        return _prepare(list(records), out, cfg, workers, strict, progress, data,
+                        tuple(classes))
 
 
 def _prepare(records: list[ScanRecord], out: Path, cfg: PreprocessConfig, workers: int,
-             strict: bool, progress: bool, data: str | None) -> PrepareResult:
+             strict: bool, progress: bool, data: str | None,
+             classes: tuple[str, ...]) -> PrepareResult:
     volumes = out / VOLUMES
     try:
         volumes.mkdir(parents=True, exist_ok=True)
@@ -419,7 +426,7 @@ def _prepare(records: list[ScanRecord], out: Path, cfg: PreprocessConfig, worker
             if source in result.repaired:
                 result.repaired.remove(source)
             if strict:
-                write_index(out, cfg, list(entries.values()), owned, data)
+                write_index(out, cfg, list(entries.values()), owned, data, classes)
                 raise BadInputError(one_line(outcome)) from outcome
             return
         stored, warnings = outcome
@@ -430,7 +437,7 @@ def _prepare(records: list[ScanRecord], out: Path, cfg: PreprocessConfig, worker
         }
         result.done.append(source)
         if time.perf_counter() - flushed > 2.0:  # a killed run keeps what it finished
-            write_index(out, cfg, list(entries.values()), owned, data)
+            write_index(out, cfg, list(entries.values()), owned, data, classes)
             flushed = time.perf_counter()
 
     with progress_bar(len(todo), "preparing", enabled=progress, rate_unit="scans") as advance:
@@ -448,9 +455,9 @@ def _prepare(records: list[ScanRecord], out: Path, cfg: PreprocessConfig, worker
     result.seconds = time.perf_counter() - start
     final = sorted(entries.values(), key=lambda e: (e["split"], e["source"]))
     keep = {e["file"] for e in final}
-    write_index(out, cfg, final, owned, data)  # still owning what is deleted next
+    write_index(out, cfg, final, owned, data, classes)  # still owning what is deleted next
     _remove_own(out, owned - keep)
-    write_index(out, cfg, final, (), data)
+    write_index(out, cfg, final, (), data, classes)
     return result
 
 
@@ -495,17 +502,27 @@ def _run_pool(todo: list[tuple[ScanRecord, str, dict[str, int]]], cfg: Preproces
 class CachedScans(Dataset):
     """The scans of a prepared cache as `(uint8 tensor 1 x D x H x W, label)` pairs.
 
-    `split` keeps one split ("train", "val", "test"). Unlabeled scans have label -1. The index
-    is checked when the data set is made (`read_index`), and every volume file must exist with
-    its recorded size; each volume read is verified against its recorded checksum, shape and
-    dtype (`load_volume`). What fails is a `BadInputError` naming the file.
+    `split` keeps one split ("train", "val", "test"). `records` (the scans of a run's own
+    split, e.g. a cross-validation fold) selects the cached scans they name, in their order,
+    with their labels and splits instead of the index's; a record the cache lacks (it failed to
+    read) is left out. Unlabeled scans have label -1; `classes` are the class names by label.
+    The index is checked when the data set is made (`read_index`), and every volume file must
+    exist with its recorded size; each volume read is verified against its recorded checksum,
+    shape and dtype (`load_volume`). What fails is a `BadInputError` naming the file.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike[str], split: str | None = None) -> None:
+    def __init__(self, cache_dir: str | os.PathLike[str], split: str | None = None,
+                 records: Sequence[ScanRecord] | None = None) -> None:
         self.root = Path(cache_dir)
         index = read_index(self.root)
         self.config = PreprocessConfig.from_dict(index["config"])
-        self.entries = [e for e in index["entries"] if split is None or e["split"] == split]
+        self.classes: tuple[str, ...] = tuple(index["classes"])
+        entries = index["entries"]
+        if records is not None:  # these scans, with the records' labels and splits, in order
+            by_source = {e["source"]: e for e in entries}
+            entries = [{**by_source[s], "label": r.label, "split": r.split}
+                       for r in records if (s := str(Path(r.path).resolve())) in by_source]
+        self.entries = [e for e in entries if split is None or e["split"] == split]
         if split is not None and not self.entries:
             raise BadInputError(f"{cache_dir}: no scans in split '{split}'")
         for entry in self.entries:

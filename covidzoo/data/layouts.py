@@ -18,6 +18,8 @@ from .listing import list_folder
 
 SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 CLASSES = {"covid": 1, "non-covid": 0, "non_covid": 0, "noncovid": 0}
+# The class names of a binary data set, by label: what checkpoints record for two classes.
+BINARY_CLASSES: tuple[str, ...] = ("non-covid", "covid")
 GROUP_COLUMNS = ("patient", "group")
 LABELS = {
     "1": 1, "covid": 1, "positive": 1, "true": 1,
@@ -27,7 +29,8 @@ LABELS = {
 
 @dataclass(frozen=True)
 class ScanRecord:
-    """One scan of a dataset: where it is, its label (1 = covid, 0 = non-covid, None = unknown),
+    """One scan of a dataset: where it is, its label (the index of its class: for two classes
+    1 = covid, 0 = non-covid; None = unknown),
     its split ("train", "val" or "test") and its group: the patient it belongs to (the scans of
     one group always land on the same side of a split); None, the scan is its own group."""
 
@@ -52,43 +55,98 @@ def _scans(folder: Path) -> list[Path]:
     return [p for p in listed if p.is_dir() or p in files]
 
 
-def _class_records(folder: Path, split: str) -> list[ScanRecord]:
-    records = []
-    for name, sub in _children(folder).items():
-        if name in CLASSES:
-            records += [ScanRecord(p, CLASSES[name], split) for p in _scans(sub)]
-    return records
+def _class_scans(folder: Path) -> dict[str, list[Path]]:
+    """The scans of each class folder under `folder`, by lower-cased name; a folder holding no
+    scan is no class."""
+    found = {name: _scans(sub) for name, sub in _children(folder).items()
+             if name not in SPLITS}
+    return {name: scans for name, scans in found.items() if scans}
 
 
-def _from_folders(root: Path) -> list[ScanRecord]:
+def classes_of(names: Iterable[str]) -> tuple[str, ...]:
+    """The classes that class folders (or manifest labels) named `names` make: the binary
+    pair when every name is a covid / non-covid spelling (labels 0 and 1 as always), else every
+    name, sorted (labels their indices)."""
+    names = set(names)
+    if names <= set(CLASSES):
+        return BINARY_CLASSES
+    if len(names) < 3:  # which of two other names is "positive" would be a guess
+        raise BadInputError(
+            f"classes {', '.join(sorted(names))}: two classes are covid and non-covid; other "
+            "class names need three or more classes")
+    return tuple(sorted(names))
+
+
+def _label_of(name: str, classes: tuple[str, ...]) -> int:
+    return CLASSES[name] if classes == BINARY_CLASSES else classes.index(name)
+
+
+def _from_folders(root: Path) -> tuple[list[ScanRecord], tuple[str, ...]]:
     if not root.is_dir():
         raise BadInputError(f"{root}: no such folder")
     children = _children(root)
     splits = {SPLITS[n]: p for n, p in children.items() if n in SPLITS}
-    if splits:
-        records: list[ScanRecord] = []
-        for split, folder in sorted(splits.items()):
-            if split == "test" and not set(_children(folder)) & set(CLASSES):
-                records += [ScanRecord(p, None, "test") for p in _scans(folder)]
-            else:
-                records += _class_records(folder, split)
-    else:
-        records = _class_records(root, "train")
+    found = ({split: _class_scans(folder) for split, folder in splits.items()} if splits
+             else {"train": _class_scans(root)})
+    labelled = [n for split, by_class in found.items() if split != "test" for n in by_class]
+    try:
+        classes = classes_of(labelled)
+    except BadInputError as exc:
+        raise BadInputError(f"{root}: {exc}") from None
+    records: list[ScanRecord] = []
+    for split, by_class in sorted(found.items()):
+        if split == "test" and not set(by_class) & set(labelled or CLASSES):
+            records += [ScanRecord(p, None, "test") for p in _scans(splits["test"])]
+            continue
+        for name, scans in by_class.items():
+            if name not in classes and not (classes == BINARY_CLASSES and name in CLASSES):
+                raise BadInputError(f"{root}/{split}/{name}: a class the train and val "
+                                    f"folders do not have ({', '.join(classes)})")
+            records += [ScanRecord(p, _label_of(name, classes), split) for p in scans]
     if not records:
         raise BadInputError(
             f"{root}: no scans found; expected {{train,val}}/{{covid,non-covid}}/SCAN, "
-            "{covid,non-covid}/SCAN or test/SCAN"
+            "{covid,non-covid}/SCAN or test/SCAN (or other class names: one folder per class)"
         )
-    return records
+    return records, classes
 
 
-def _label(value: str, where: str) -> int | None:
+def _manifest_classes(values: Iterable[str]) -> tuple[str, ...]:
+    """The classes of a manifest's label column: binary when every label is a binary spelling
+    (`LABELS`: 1/0, covid/non-covid, positive/negative, true/false); integers 0..K-1 (each
+    present) name K classes "0".."K-1"; otherwise three or more distinct names, each a class,
+    sorted."""
+    texts = {v.strip().lower() for v in values} - {""}
+    if texts <= set(LABELS):
+        return BINARY_CLASSES
+    numbers = {int(t) for t in texts if t.isdigit()}
+    if len(numbers) == len(texts):  # class indices: every one of 0..K-1 must be there
+        missing = sorted(set(range(max(numbers) + 1)) - numbers)
+        if missing:
+            raise BadInputError(f"unknown label '{max(numbers)}': integer labels are the "
+                                f"classes 0..K-1, and {missing[0]} has no scan")
+        return tuple(str(i) for i in range(max(numbers) + 1))
+    if len(texts) < 3:  # a typo of a binary label, most likely
+        unknown = sorted(texts - set(LABELS))[0]
+        raise BadInputError(f"unknown label '{unknown}'; use 1/0 or covid/non-covid, or three "
+                            "or more class names")
+    return tuple(sorted(texts))
+
+
+def _label(value: str, where: str, classes: tuple[str, ...] = BINARY_CLASSES) -> int | None:
     text = value.strip().lower()
     if text == "":
         return None
-    if text not in LABELS:
-        raise BadInputError(f"{where}: unknown label '{value}'; use 1/0 or covid/non-covid")
-    return LABELS[text]
+    if classes == BINARY_CLASSES:
+        if text not in LABELS:
+            raise BadInputError(f"{where}: unknown label '{value}'; use 1/0 or covid/non-covid")
+        return LABELS[text]
+    if text.isdigit() and classes[0] == "0":
+        return int(text)
+    if text not in classes:  # a number among names: the classes are the names
+        raise BadInputError(f"{where}: label '{value}' mixes numbers and class names "
+                            f"({', '.join(classes)})")
+    return classes.index(text)
 
 
 def _read_csv(manifest: Path) -> tuple[list[str], list[dict[str | None, Any]]]:
@@ -107,7 +165,8 @@ def _read_csv(manifest: Path) -> tuple[list[str], list[dict[str | None, Any]]]:
         raise BadInputError(f"{manifest}: not a readable CSV ({exc})") from exc
 
 
-def _from_manifest(manifest: Path, label_required: bool = True) -> list[ScanRecord]:
+def _from_manifest(manifest: Path, label_required: bool = True
+                   ) -> tuple[list[ScanRecord], tuple[str, ...]]:
     header, rows = _read_csv(manifest)
     required = ("path", "label") if label_required else ("path",)
     missing = [c for c in required if c not in header]
@@ -117,6 +176,15 @@ def _from_manifest(manifest: Path, label_required: bool = True) -> list[ScanReco
         raise BadInputError(f"{manifest}: both a patient and a group column; keep one")
     group_column = next((c for c in GROUP_COLUMNS if c in header), None)
     base = manifest.parent
+    label_key = next((k for k in (rows[0] if rows else {}) if k is not None
+                      and k.strip().lower() == "label"), None)
+    labels = [(row.get(label_key) or "") if label_key else "" for row in rows]
+    try:
+        classes = _manifest_classes(labels)
+    except BadInputError as exc:  # name the first row of the label it does not know
+        line = next((n for n, v in enumerate(labels, start=2)
+                     if v.strip().lower() not in LABELS and v.strip()), 2)
+        raise BadInputError(f"{manifest}:{line}: {exc}") from None
     records = []
     for line, row in enumerate(rows, start=2):
         row = {k.strip().lower(): (v or "") for k, v in row.items() if k is not None}
@@ -130,15 +198,15 @@ def _from_manifest(manifest: Path, label_required: bool = True) -> list[ScanReco
             raise BadInputError(f"{where}: unknown split '{split}'; use train, val or test")
         group = row.get(group_column or "", "").strip() or None
         records.append(
-            ScanRecord(base / row["path"].strip(), _label(row.get("label", ""), where),
-                       SPLITS[split], group)
+            ScanRecord(base / row["path"].strip(),
+                       _label(row.get("label", ""), where, classes), SPLITS[split], group)
         )
     if not records:
         raise BadInputError(f"{manifest}: manifest lists no scans")
     leak = _group_leak((r.group, r.split) for r in records)
     if leak:
         raise BadInputError(f"{manifest}: {group_column} {leak}")
-    return records
+    return records, classes
 
 
 def read_manifest(
@@ -148,7 +216,7 @@ def read_manifest(
     folder) in the manifest's own order; `label_required=False` (predict) makes the label column
     optional. The `patient` column (or `group`: either name) groups scans; an empty cell, or no
     such column, makes a scan its own group. A group with scans in two splits is bad input."""
-    return _from_manifest(Path(manifest), label_required)
+    return _from_manifest(Path(manifest), label_required)[0]
 
 
 # The order a message names splits in.
@@ -374,6 +442,16 @@ def find_scans(
     val_split: float | None = None,
     seed: int = 0,
 ) -> list[ScanRecord]:
+    """The scans of a dataset (`find_labelled` without the class names)."""
+    return find_labelled(root, manifest, val_split, seed)[0]
+
+
+def find_labelled(
+    root: str | os.PathLike[str] | None = None,
+    manifest: str | os.PathLike[str] | None = None,
+    val_split: float | None = None,
+    seed: int = 0,
+) -> tuple[list[ScanRecord], tuple[str, ...]]:
     """The scans of a dataset, from class folders under `root` or from a CSV `manifest`.
 
     Folders: `ROOT/{train,val}/{covid,non-covid}/SCAN`, `ROOT/{covid,non-covid}/SCAN` (all
@@ -383,12 +461,17 @@ def find_scans(
     columns `path,label[,split][,patient]`, paths relative to the manifest's folder (see
     `read_manifest`). `val_split` moves a stratified, seeded fraction of "train" to "val", a
     patient at a time, for data that comes without a val split (see `stratified_split`).
+
+    Returns the records and the class names by label: `BINARY_CLASSES` for covid / non-covid
+    data, else the class folders' names (or the manifest's label names, or "0".."K-1" for
+    integer labels), sorted (see `classes_of`).
     """
     if (root is None) == (manifest is None):
         raise BadInputError("give either a data folder or a manifest, not both or neither")
-    records = _from_manifest(Path(manifest)) if manifest is not None else _from_folders(Path(root))
+    records, classes = (_from_manifest(Path(manifest)) if manifest is not None
+                        else _from_folders(Path(root)))
     if val_split is not None:
         if any(r.split == "val" for r in records):
             raise BadInputError("the data already has a val split; drop --val-split")
         records = stratified_split(records, val_split, seed)
-    return sorted(records, key=lambda r: (r.split, str(r.path)))
+    return sorted(records, key=lambda r: (r.split, str(r.path))), classes

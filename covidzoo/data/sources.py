@@ -54,12 +54,17 @@ class DataSource:
 
     def records(self, val_split: float | None = None, seed: int = 0) -> list[ScanRecord]:
         """The scans of a folder, manifest or the demo, with their labels and splits."""
-        from .layouts import find_scans
+        return self.labelled(val_split, seed)[0]
+
+    def labelled(self, val_split: float | None = None, seed: int = 0
+                 ) -> tuple[list[ScanRecord], tuple[str, ...]]:
+        """`records` and the class names by label (`layouts.find_labelled`)."""
+        from .layouts import find_labelled
 
         if self.cache is not None:
             raise BadInputError(f"{self.cache}: a prepared cache lists no raw scans")
-        return find_scans(root=self.scan_root(), manifest=self.manifest, val_split=val_split,
-                          seed=seed)
+        return find_labelled(root=self.scan_root(), manifest=self.manifest, val_split=val_split,
+                             seed=seed)
 
     def cache_key(self) -> Path:
         """The path a cache made from this source is keyed by (see `cache_dir_for`)."""
@@ -103,12 +108,16 @@ def scan_size(backbone: str, source: DataSource,
 
 @dataclass
 class TrainingData:
-    """The train and val data sets of a run, with the preprocessing that made them."""
+    """The train and val data sets of a run, with the preprocessing that made them, the class
+    names by label, and the split the run uses (None for a prepared `--cache`, whose index
+    holds it)."""
 
     train: CachedScans
     val: CachedScans
     preprocess: dict[str, Any]
     source: str
+    classes: tuple[str, ...] = ("non-covid", "covid")
+    records: list[ScanRecord] | None = None
 
     def check(self, batch_size: int) -> None:
         """Refuse data a run cannot train on, naming the source."""
@@ -119,8 +128,13 @@ class TrainingData:
             raise BadInputError(
                 f"no validation scans in {self.source}; give a val split or --val-split"
             )
-        if len(set(self.train.labels)) < 2:
+        present = set(self.train.labels) - {-1}
+        if len(present) < 2:
             raise BadInputError(f"the training scans of {self.source} hold one class only")
+        absent = [c for i, c in enumerate(self.classes) if i not in present]
+        if absent:
+            raise BadInputError(f"the training scans of {self.source} hold no scan of class "
+                                f"{', '.join(absent)}")
         if batch_size > n_train:
             raise BadInputError(
                 f"--batch-size {batch_size} is larger than the {n_train} training scans"
@@ -130,12 +144,15 @@ class TrainingData:
 def training_data(source: DataSource, size: tuple[int, int, int], *,
                   val_split: float | None = None, seed: int = 0, workers: int = 0,
                   quiet: bool = False, prepare: bool = True,
-                  steps: dict[str, Any] | None = None) -> TrainingData:
+                  steps: dict[str, Any] | None = None,
+                  split: list[ScanRecord] | None = None) -> TrainingData:
     """Train and validation data sets from the source's cache, preparing it first when
     `prepare` (in a distributed run only rank 0 prepares; the others open what it made).
 
     `steps` are the preprocessing steps besides the size (`PreprocessConfig` keywords); a
-    prepared cache (`--cache`) must have been prepared with them."""
+    prepared cache (`--cache`) must have been prepared with them. `split` (a run's saved
+    `split.csv`, a cross-validation fold) decides which scans train and which validate,
+    instead of the data's own splits and `val_split`."""
     from .cache import CachedScans, cache_dir_for, prepare_cache
     from .preprocess import PreprocessConfig, describe
 
@@ -148,17 +165,37 @@ def training_data(source: DataSource, size: tuple[int, int, int], *,
                 f"{source.cache} ({describe(train.config)}); leave --preprocess out, or "
                 "prepare a cache with it")
         return TrainingData(train, CachedScans(source.cache, split="val"),
-                            train.config.to_dict(), source.name)
+                            train.config.to_dict(), source.name, train.classes)
     cache_dir = cache_dir_for(source.cache_key(), preprocess)
+    records, classes = source.labelled(val_split=None if split else val_split, seed=seed)
+    if split is not None:
+        records = _checked_split(split, records, source)
     if prepare:
-        records = source.records(val_split=val_split, seed=seed)
         result = prepare_cache(records, cache_dir, preprocess, workers=workers,
-                               progress=not quiet, data_set=source.cache_key())
+                               progress=not quiet, data_set=source.cache_key(),
+                               classes=classes)
         if result.failed and not result.done and not result.skipped:
             raise BadInputError(f"every scan of {source.name} failed to read "
                                 f"({len(result.failed)}); first: {result.failed[0][1]}")
         if result.failed and not quiet:
             print(f"covidzoo: {len(result.failed)} scan(s) failed to read and were skipped",
                   file=sys.stderr)
-    train, val = CachedScans(cache_dir, split="train"), CachedScans(cache_dir, split="val")
-    return TrainingData(train, val, preprocess.to_dict(), source.name)
+    train = CachedScans(cache_dir, split="train", records=records)
+    val = CachedScans(cache_dir, split="val", records=records)
+    return TrainingData(train, val, preprocess.to_dict(), source.name, classes, records)
+
+
+def _checked_split(split: list[ScanRecord], records: list[ScanRecord],
+                   source: DataSource) -> list[ScanRecord]:
+    """A saved split must list the data's own scans with their own labels: the data may not
+    have changed under it."""
+    own = {str(Path(r.path).resolve()): r.label for r in records}
+    for record in split:
+        where = str(Path(record.path).resolve())
+        if where not in own:
+            raise BadInputError(f"the run's split lists {record.path}, which {source.name} no "
+                                "longer holds; start a new run (another --out)")
+        if own[where] != record.label:
+            raise BadInputError(f"the run's split gives {record.path} label {record.label}, "
+                                f"{source.name} now {own[where]}; start a new run")
+    return split

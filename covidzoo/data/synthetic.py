@@ -202,11 +202,27 @@ def _anatomy(rng: np.random.Generator, canvas: _Canvas,
     return vol, mask, lungs, scanner
 
 
+def _consolidation(rng: np.random.Generator, canvas: _Canvas, lungs: list[_Lung]) -> None:
+    """Community-acquired (lobar) pneumonia, the third class of `synthesize(classes=3)`: one
+    large, dense, confluent consolidation filling the lower part of one lung (near soft-tissue
+    density), unlike covid's multifocal, bilateral, round ground glass."""
+    lung = lungs[int(rng.integers(2))]
+    for _ in range(int(rng.integers(1, 3))):
+        centre = lung.point(rng, (0.0, 0.35), (-0.6, -0.1))
+        size = rng.uniform(0.22, 0.3)
+        canvas.ellipsoid(centre, size * rng.uniform(0.8, 1.25, 3), _rotation(rng),
+                         rng.uniform(820, 900))
+
+
 def _findings(rng: np.random.Generator, canvas: _Canvas, lungs: list[_Lung],
-              covid: bool) -> None:
+              covid: bool | str) -> None:
     """The findings that carry the label. Both classes draw the same round lesions: covid
     scans get them; non-covid scans get elongated or flat findings of the same densities that
-    add, all together, the same density to the lungs (overlaps counted once)."""
+    add, all together, the same density to the lungs (overlaps counted once). `covid`
+    "pneumonia" draws a lobar consolidation instead (`_consolidation`)."""
+    if covid == "pneumonia":
+        _consolidation(rng, canvas, lungs)
+        return
     lesions = []
     for _ in range(int(rng.integers(8, 15))):
         lung = lungs[int(rng.integers(2))]
@@ -277,7 +293,7 @@ def _scan(vol: np.ndarray, rng: np.random.Generator, scanner: dict[str, float]) 
     return vol + noise + np.float32(scanner["offset"])
 
 
-def _render(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool,
+def _render(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool | str,
             anatomy: np.random.Generator | None,
             ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """The scan (HU, float32), the patient's lung mask before the scanner, and the scanner."""
@@ -290,7 +306,7 @@ def _render(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool,
     return _scan(vol, anatomy, scanner).astype(np.float32, copy=False), mask, scanner
 
 
-def phantom(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool,
+def phantom(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool | str,
             anatomy: np.random.Generator | None = None) -> np.ndarray:
     """One synthetic chest CT volume in HU (float32, `shape`).
 
@@ -302,7 +318,7 @@ def phantom(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool,
     return _render(rng, shape, covid, anatomy)[0]
 
 
-def phantom_with_lungs(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool,
+def phantom_with_lungs(rng: np.random.Generator, shape: tuple[int, int, int], covid: bool | str,
                        anatomy: np.random.Generator | None = None,
                        ) -> tuple[np.ndarray, np.ndarray]:
     """`phantom(...)` (the same volume for the same generators) and where its lungs are: a
@@ -365,16 +381,23 @@ def _write_dicom(folder: Path, hu: np.ndarray, seed: int, index: int) -> None:
         ds.save_as(folder / f"IM{k + 1:04d}.dcm", enforce_file_format=True)
 
 
-def _plan(n: int, val_fraction: float) -> list[tuple[int, str]]:
-    """(label, split) per scan index: alternating classes, the first of each class to val."""
+# The class folders of `synthesize`, by scan index modulo the number of classes: two classes
+# alternate covid, non-covid (as always); a third adds lobar pneumonia.
+SYNTH_CLASSES = ("covid", "non-covid", "pneumonia")
+
+
+def _plan(n: int, val_fraction: float, classes: int = 2) -> list[tuple[str, str]]:
+    """(class folder, split) per scan index: alternating classes, the first of each class to
+    val."""
     plan = []
-    counts = {1: (n + 1) // 2, 0: n // 2}  # even indices covid, odd ones non-covid
-    seen = {0: 0, 1: 0}
+    names = SYNTH_CLASSES[:classes]
+    counts = {name: len(range(k, n, classes)) for k, name in enumerate(names)}
+    seen = dict.fromkeys(names, 0)
     for i in range(n):
-        label = 1 - i % 2
-        split = "val" if seen[label] < round(counts[label] * val_fraction) else "train"
-        seen[label] += 1
-        plan.append((label, split))
+        name = names[i % classes]
+        split = "val" if seen[name] < round(counts[name] * val_fraction) else "train"
+        seen[name] += 1
+        plan.append((name, split))
     return plan
 
 
@@ -397,9 +420,13 @@ def synthesize(
     fmt: str = "jpg",
     shape: tuple[int, int, int] = DEMO_SHAPE,
     val_fraction: float = 0.25,
+    classes: int = 2,
 ) -> Path:
     """Write `n` synthetic scans to `out` (which must not exist or be empty), balanced between
-    covid and non-covid, a `val_fraction` of each class in `val/`. Deterministic per `seed`.
+    covid and non-covid (and, with `classes=3`, lobar pneumonia: a third class whose dense
+    consolidation also raises the lungs' mean density, so unlike the two-class demo it can be
+    told by global statistics), a `val_fraction` of each class in `val/`. Deterministic per
+    `seed`.
 
     The set is built in a temporary sibling folder and renamed into place, so `out` is either
     absent or complete.
@@ -407,8 +434,10 @@ def synthesize(
     out = Path(out)
     if fmt not in FORMATS:
         raise BadInputError(f"unknown format '{fmt}'; choose from {', '.join(FORMATS)}")
-    if n < 2:
-        raise BadInputError(f"n must be at least 2 (one scan per class), got {n}")
+    if classes not in (2, 3):
+        raise BadInputError(f"classes must be 2 or 3, got {classes}")
+    if n < classes:
+        raise BadInputError(f"n must be at least {classes} (one scan per class), got {n}")
     if len(shape) != 3 or min(shape) < 8:
         raise BadInputError(f"shape must be 3 sizes of at least 8, got {shape}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -416,10 +445,11 @@ def synthesize(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        for i, (label, split) in enumerate(_plan(n, val_fraction)):
-            folder = tmp / split / ("covid" if label else "non-covid") / f"scan_{i:04d}"
+        for i, (name, split) in enumerate(_plan(n, val_fraction, classes)):
+            folder = tmp / split / name / f"scan_{i:04d}"
             folder.mkdir(parents=True)
-            hu = phantom(np.random.default_rng([seed, i]), tuple(shape), covid=bool(label))
+            finding = "pneumonia" if name == "pneumonia" else name == "covid"
+            hu = phantom(np.random.default_rng([seed, i]), tuple(shape), covid=finding)
             if fmt == "jpg":
                 _write_jpg(folder, hu)
             else:

@@ -10,13 +10,16 @@ from ..hookspecs import hookimpl
 @hookimpl
 def register_commands(cli: Any) -> None:
     from ..cli.bench import bench
+    from ..cli.cv import cv
     from ..cli.data import data
     from ..cli.evaluate import ensemble, evaluate
     from ..cli.export import export
     from ..cli.models import models
     from ..cli.plugins import plugins
     from ..cli.predict import predict
+    from ..cli.recipes import recipes
     from ..cli.train import train
 
-    for command in (models, plugins, data, train, evaluate, ensemble, predict, export, bench):
+    for command in (models, plugins, data, train, cv, evaluate, ensemble, predict, export,
+                    bench, recipes):
         cli.add_command(command)
