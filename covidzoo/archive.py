@@ -561,6 +561,10 @@ def _run(model: Path, scans: list[str], out: Path, fmt: str, replace: bool, dist
          device: Any, precision: str, batch_size: int, workers: int, progress: bool,
          started: float) -> ArchiveReport | None:
     predictor = load_predictor(model, device, precision)
+    if len(predictor.classes) > 2:
+        raise BadInputError(f"{model}: a model of {len(predictor.classes)} classes; archive "
+                            "prediction (--out) writes covid probabilities (two classes): "
+                            "predict without --out lists every class's")
     digest = model_hash(predictor)
     plan = share_plan(dist, make_plan(scans, out, fmt, digest, replace) if dist.main else None)
     if plan.error is not None:

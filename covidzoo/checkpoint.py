@@ -26,7 +26,7 @@ from typing import Any
 from ._version import __version__
 from .errors import BadInputError, CovidzooError, UnknownComponentError, one_line
 from .fileio import atomic_write, atomic_write_text
-from .values import check_classes, is_probability, printable_errors
+from .values import BINARY_CLASSES, check_classes, is_probability, printable_errors
 
 METADATA_KEY = "covidzoo"
 FORMAT_VERSION = 1
@@ -61,7 +61,7 @@ class ModelSpec:
     provenance: dict[str, Any] = field(default_factory=dict)
     # The class names by label (`covidzoo.task`): a checkpoint written before there were more
     # than two classes is binary.
-    classes: list[str] = field(default_factory=lambda: ["non-covid", "covid"])
+    classes: list[str] = field(default_factory=lambda: list(BINARY_CLASSES))
 
     def _components(self) -> list[tuple[str, str]]:
         """`(role, registry name)` of the spec's components; `aggregator="auto"` is resolved
@@ -160,7 +160,7 @@ class ModelSpec:
             threshold=_threshold_of(data.get("threshold")),
             extra=_mapping(data, "extra"),
             provenance=_provenance_of(data.get("provenance")),
-            classes=list(check_classes(data.get("classes", ["non-covid", "covid"]))),
+            classes=list(check_classes(data.get("classes", BINARY_CLASSES))),
         )
         _check_preprocess(spec.preprocess)
         outputs = spec.model_args.get("num_classes", 1)

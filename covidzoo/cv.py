@@ -24,6 +24,7 @@ the unfinished one resumes. One `cv` at a time holds `OUT`'s lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,8 +37,36 @@ import numpy as np
 from .data.layouts import Fold, ScanRecord, kfold_splits, read_split_csv
 from .errors import BadInputError
 from .fileio import atomic_write_text, exclusive_lock
+from .runtime import shutdown_distributed
 
 FOLDS_DIR = "folds"
+# Settings a continued study may change: how it runs, not what it learns (every fold must be
+# trained alike). The rest is recorded in folds/study.json and compared on every rerun.
+MAY_CHANGE = frozenset({"out", "resume", "split_file", "device", "workers", "precision",
+                        "channels_last", "compile"})
+
+
+def _fix_settings(folder: Path, cfg: Any, folds: int, repeats: int) -> None:
+    """Record the study's settings when it starts; on a rerun, refuse other ones, naming the
+    flag: finished folds would otherwise sit beside folds trained differently."""
+    now = {k: v for k, v in json.loads(json.dumps(cfg.to_dict(), default=list)).items()
+           if k not in MAY_CHANGE}
+    now.update(folds=folds, repeats=repeats)
+    path = folder / "study.json"
+    if not path.exists():
+        atomic_write_text(path, json.dumps(now, indent=2))
+        return
+    try:
+        then = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{path}: unreadable ({exc}); choose another --out") from None
+    differ = [k for k in sorted(set(then) | set(now)) if then.get(k) != now.get(k)]
+    if differ:
+        key = differ[0]
+        raise BadInputError(
+            f"--{key.replace('_', '-')}: this study was started with {key} "
+            f"{json.dumps(then.get(key))}, now {json.dumps(now.get(key))}; continue it with its "
+            "own settings, or choose another --out")
 
 
 def _fold_name(fold: Fold) -> str:
@@ -60,17 +89,38 @@ def _fix_split(folder: Path, fold: Fold) -> Path:
     return write_split_csv(fold.records, path)
 
 
-def _run_fold(cfg: Any, fold: Fold, out: Path, split: Path, quiet: bool) -> dict[str, Any]:
+def _await_split(folder: Path, fold: Fold, timeout_s: float = 600.0) -> Path:
+    """Under torchrun, the fold's split file as the first process writes it."""
+    import time
+
+    path = folder / f"{_fold_name(fold)}.csv"
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise BadInputError(f"{path}: the first process never wrote it")
+        time.sleep(0.2)
+    time.sleep(0.2)  # written atomically: present means complete
+    return _fix_split(folder, fold)
+
+
+def _state(out: Path, fold: Fold) -> tuple[bool, bool]:
+    """`(done, started)` of a fold, read once before any fold trains, so that every torchrun
+    process decides alike."""
+    done = (out / FOLDS_DIR / f"{_fold_name(fold)}.done.json").exists()
+    return done, (out / _fold_name(fold) / "generations").is_dir()
+
+
+def _run_fold(cfg: Any, fold: Fold, out: Path, split: Path, quiet: bool,
+              state: tuple[bool, bool]) -> dict[str, Any]:
     """Train the fold's run (resuming it when a previous attempt left one); its summary."""
     from .train import train
 
     done = out / FOLDS_DIR / f"{_fold_name(fold)}.done.json"
-    if done.exists():
+    if state[0]:
         return json.loads(done.read_text())
     run = out / _fold_name(fold)
-    started = (run / "generations").is_dir()
-    summary = train(replace(cfg, out=str(run), split_file=str(split), resume=started,
-                            val_split=None), quiet=quiet)
+    summary = train(replace(cfg, out=str(run), split_file=str(split), resume=state[1],
+                            val_split=None), quiet=quiet, keep_distributed=True)
     if not summary["interrupted"] and _is_main():
         atomic_write_text(done, json.dumps(summary, indent=2, default=str))
     return summary
@@ -170,21 +220,34 @@ def cross_validate(cfg: Any, folds: int, repeats: int = 1, quiet: bool = False
     out = Path(cfg.out)
     records, classes = cfg.source.labelled()
     plan = kfold_splits(records, folds, repeats, cfg.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(out, "a cross-validation study"):
-        folder = out / FOLDS_DIR
-        folder.mkdir(exist_ok=True)
-        splits = [_fix_split(folder, fold) for fold in plan]
+    main = _is_main()
+    folder = out / FOLDS_DIR
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    # The first torchrun process holds the study's lock and writes its files; the others read.
+    with exclusive_lock(out, "a cross-validation study") if main else contextlib.nullcontext():
+        if main:
+            folder.mkdir(exist_ok=True)
+            splits = [_fix_split(folder, fold) for fold in plan]
+            _fix_settings(folder, cfg, folds, repeats)
+        else:
+            splits = [_await_split(folder, fold) for fold in plan]
+        states = [_state(out, fold) for fold in plan]
         summaries = []
-        for fold, split in zip(plan, splits, strict=True):
-            summary = _run_fold(cfg, fold, out, split, quiet)
+        for fold, split, state in zip(plan, splits, states, strict=True):
+            summary = _run_fold(cfg, fold, out, split, quiet, state)
             summaries.append(summary)
             if summary["interrupted"]:
+                shutdown_distributed(together=False)
                 return {"out": str(out), "interrupted": True, "folds_done": len(summaries) - 1}
-        if not _is_main():
-            return {"out": str(out), "interrupted": False}
-        return _conclude(cfg, out, plan, summaries, classes, create_ensembler,
-                         write_ensemble_file, youden_threshold)
+        if not main:
+            shutdown_distributed(together=True)  # waits for the first process's conclusion
+            return {"out": str(out), "interrupted": False, "reported_by_rank_0": True}
+        try:
+            return _conclude(cfg, out, plan, summaries, classes, create_ensembler,
+                             write_ensemble_file, youden_threshold)
+        finally:
+            shutdown_distributed(together=True)
 
 
 def _conclude(cfg: Any, out: Path, plan: list[Fold], summaries: list[dict[str, Any]],

@@ -244,8 +244,9 @@ def evaluate(
     workers = resolve_workers(workers, target)
     predictor = load_predictor(model, target, precision)
     overridden = predictor.override_preprocess(preprocess)
+    run_split = _run_split_of(model) if predictor.kind == "checkpoint" else None
     scans = load_eval_data(predictor.members, data, manifest, [split], workers, progress,
-                           cache=cache)
+                           cache=cache, run_split=run_split)
     rows = scans.indices(split)
     unlabelled = len(scans.indices(split, labelled=False)) - len(rows)
     if not len(rows):
@@ -265,8 +266,19 @@ def evaluate(
         metrics = binary_report(labels, probs, chosen.value, n_boot=bootstrap, seed=seed)
     notes = overridden + ([] if unlabelled == 0
                           else [f"{unlabelled} unlabelled scan(s) left out"])
+    if scans.run_split_used and split in ("train", "val"):
+        notes.append(f"the {split} split is the one the run used "
+                     f"({model.parent / 'split.csv'}) where it lists these data's scans")
     return EvalReport(model, predictor, scans, split, rows, labels, probs, chosen, metrics,
                       unlabelled, inference_s, time.perf_counter() - start, notes)
+
+
+def _run_split_of(model: Path) -> list[Any] | None:
+    """The `split.csv` beside a checkpoint in its run folder, None when there is none."""
+    from .data.layouts import read_split_csv
+
+    path = model.parent / "split.csv"
+    return read_split_csv(path) if path.is_file() else None
 
 
 # --- ensemble ----------------------------------------------------------------------------------

@@ -523,6 +523,9 @@ def export_model(model: str | os.PathLike[str], out: str | os.PathLike[str], fmt
     if fmt == "onnx":
         _onnx_modules()
     predictor = load_predictor(model, "cpu", "fp32")
+    if len(predictor.classes) > 2:
+        raise BadInputError(f"{model}: a model of {len(predictor.classes)} classes; export "
+                            "writes graphs that output a covid probability (two classes)")
     inputs = {p.resolve() for p in [predictor.path, *(m.path for m in predictor.members)]}
     if {out.resolve(), card_path(out).resolve()} & inputs:
         raise BadInputError(f"--out {out}: that would overwrite the model being exported")
@@ -572,6 +575,11 @@ class OnnxPredictor:
     @property
     def threshold(self) -> float | None:
         return self.metadata.threshold
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Exported graphs are of two classes (`export_model` refuses more)."""
+        return CLASS_NAMES
 
     @property
     def members(self) -> list[OnnxMember]:

@@ -23,7 +23,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from .runtime import (
     tune_cudnn,
 )
 from .transforms import to_model_input
-from .values import is_probability, printable_errors
+from .values import BINARY_CLASSES, is_probability, printable_errors
 
 ENSEMBLE_FORMAT = 1
 # An ensemble file is a few member paths and a fitted ensembler (a rank ensembler keeps one
@@ -474,7 +474,8 @@ class EvalData:
     datasets: dict[str, Any]  # config digest -> CachedScans
     rows: dict[str, list[int]]  # config digest -> the dataset index of each scan
     failed: list[tuple[str, str]] = field(default_factory=list)
-    classes: tuple[str, ...] = ("non-covid", "covid")
+    classes: tuple[str, ...] = BINARY_CLASSES
+    run_split_used: bool = False  # the splits are the training run's (`load_eval_data`)
 
     def indices(self, split: str | None, labelled: bool = True) -> NDArray[np.int64]:
         """Rows of `split` (`None` or "all": every split), only labelled ones by default."""
@@ -489,8 +490,13 @@ def load_eval_data(
     members: Sequence[Member], root: str | os.PathLike[str] | None = None,
     manifest: str | os.PathLike[str] | None = None, splits: Sequence[str] | None = None,
     workers: int = 0, progress: bool = True, cache: str | os.PathLike[str] | None = None,
+    run_split: Sequence[Any] | None = None,
 ) -> EvalData:
     """The scans of `splits` (`None`: all) of a data source, prepared for every member.
+
+    `run_split` (the `split.csv` of the run that trained the model) decides which of the
+    source's scans are train and val, when every scan it lists is one of the source's: the
+    split the run actually used (a `--val-split` draw, a fold), not the data's own folders.
 
     Each distinct preprocessing gets its own cache folder, keyed by source, splits and config
     (`cache_dir_for`): a cache mirrors the records it was prepared from, so keying by the splits
@@ -507,6 +513,7 @@ def load_eval_data(
     wanted = None if splits is None or "all" in splits else set(splits)
     failed: dict[str, str] = {}
     datasets: dict[str, Any] = {}
+    used_run_split = False
     if found.cache is not None:
         prepared = CachedScans(found.cache)
         data_classes = prepared.classes
@@ -517,11 +524,18 @@ def load_eval_data(
         datasets = dict.fromkeys(config_groups(members), prepared)
     else:
         listed, data_classes = found.labelled()
+        if run_split is not None:
+            listed, used_run_split = _run_split(listed, run_split)
         records = [r for r in listed if wanted is None or r.split in wanted]
         if not records:
             raise BadInputError(f"no scans in split(s) {', '.join(sorted(wanted or []))} of "
                                 f"{source}")
         key = f"{source}#splits={','.join(sorted(wanted)) if wanted else 'all'}"
+        if used_run_split:  # another membership of the splits: a cache of its own
+            import hashlib
+
+            members_of = "\n".join(sorted(f"{r.path}\t{r.split}" for r in records))
+            key += f"#run-split={hashlib.sha256(members_of.encode()).hexdigest()[:12]}"
         for digest, cfg in config_groups(members).items():
             result = prepare_cache(records, cache_dir_for(key, cfg), cfg, workers=workers,
                                    progress=progress, classes=data_classes)
@@ -550,11 +564,22 @@ def load_eval_data(
                            else to_model[int(by_source[s]["label"])] for s in common],
                           dtype=np.int64),
         classes=members[0].classes,
+        run_split_used=used_run_split,
         splits=[by_source[s]["split"] for s in common],
         datasets=datasets,
         rows={d: [positions[d][s] for s in common] for d in datasets},
         failed=sorted(failed.items()),
     )
+
+
+def _run_split(listed: list[Any], run_split: Sequence[Any]) -> tuple[list[Any], bool]:
+    """The source's scans with the run's splits (labels stay the source's) and True, when the
+    run's split names only scans of this source; else the source's own and False."""
+    own = {str(Path(r.path).resolve()): r for r in listed}
+    ran = {str(Path(r.path).resolve()): r.split for r in run_split}
+    if not ran or not set(ran) <= set(own):
+        return listed, False
+    return [replace(r, split=ran.get(key, r.split)) for key, r in own.items()], True
 
 
 def _class_map(data: Sequence[str], model: Sequence[str], source: str) -> list[int]:

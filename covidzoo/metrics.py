@@ -24,8 +24,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from .errors import BadInputError
+from .values import BINARY_CLASSES
 
-CLASS_NAMES: tuple[str, str] = ("non-covid", "covid")
+CLASS_NAMES = BINARY_CLASSES  # label 0, label 1
 
 # Rows of the bootstrap processed at once: bounds memory to ~16 MB per array.
 _BOOTSTRAP_CELLS = 2_000_000

@@ -261,6 +261,19 @@ def all_reduce_mean(dist: Dist, value: float, count: int) -> float:
     return float(t[0] / max(t[1], 1.0))
 
 
+def sync_buffers(dist: Dist, module: Any) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP sends them at the
+    start of each training forward, so after the last step each rank's differ by its own last
+    batch: validated as they are, the gathered predictions would not be those of the model
+    rank 0 saves."""
+    if dist.world == 1:
+        return
+    import torch.distributed as tdist
+
+    for buffer in module.buffers():
+        tdist.broadcast(buffer, src=0)
+
+
 def broadcast(dist: Dist, value: Any) -> Any:
     """Rank 0's `value` on every rank (e.g. a time-stamped run folder name)."""
     if dist.world == 1:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data.layouts import BINARY_CLASSES
 from .errors import BadInputError
+from .values import BINARY_CLASSES
 
 
 @dataclass(frozen=True)

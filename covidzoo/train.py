@@ -88,6 +88,7 @@ from .runtime import (
     scans_channels_last,
     setup_distributed,
     shutdown_distributed,
+    sync_buffers,
     to_layout,
     tune_cudnn,
 )
@@ -226,6 +227,14 @@ class TrainConfig:
                                 f"{self.label_smoothing}")
         if (self.init_inflate or self.init_key_map) and self.init is None:
             raise BadInputError("--init-inflate and --init-key-map need --init FILE")
+        if self.init is not None:  # before any data is prepared
+            from .weights import KEY_MAPS
+
+            if not Path(self.init).is_file():
+                raise BadInputError(f"--init {self.init}: no such weights file")
+            if self.init_key_map is not None and self.init_key_map not in KEY_MAPS:
+                raise BadInputError(f"--init-key-map: '{self.init_key_map}' is unknown; "
+                                    f"choose from {', '.join(sorted(KEY_MAPS))}")
         if self.frozen_bn not in FROZEN_BN_MODES:
             raise BadInputError(f"--frozen-bn must be one of {', '.join(FROZEN_BN_MODES)}, "
                                 f"got '{self.frozen_bn}'")
@@ -672,9 +681,11 @@ class Trainer:
         t0 = time.perf_counter()
         train_loss, n_seen = self._train_epoch(state, epoch)
         train_time = time.perf_counter() - t0
+        sync_buffers(self.dist, state.model)  # validate (and save) rank 0's model everywhere
         val = self.evaluate(state.model, state.data.val, state.task)
         raw = None
         if state.ema is not None:  # the average is the model kept: it chooses best
+            sync_buffers(self.dist, state.ema.module)
             raw, val = val, self.evaluate(state.ema.module, state.data.val, state.task)
         row = {
             "epoch": epoch,
@@ -930,15 +941,22 @@ def read_metrics(path: Path, epochs: int) -> list[dict[str, Any]]:
     return rows
 
 
-def train(cfg: TrainConfig, quiet: bool = False) -> dict[str, Any]:
-    """Run one training job and return its summary."""
+def train(cfg: TrainConfig, quiet: bool = False, keep_distributed: bool = False
+          ) -> dict[str, Any]:
+    """Run one training job and return its summary. Under torchrun the process group is left
+    at the end, unless `keep_distributed` (cross-validation trains its folds in one group:
+    joining torchrun's group anew for every fold can hang)."""
+    finished = False
     try:
         summary = Trainer(cfg, quiet=quiet).run()
-        shutdown_distributed(together=True)
+        if not keep_distributed:
+            shutdown_distributed(together=True)
+        finished = True
         return summary
     except torch.cuda.OutOfMemoryError as exc:
         raise CovidzooError(
             f"out of GPU memory at --batch-size {cfg.batch_size}; try a smaller batch or --size"
         ) from exc
     finally:
-        shutdown_distributed(together=False)
+        if not (finished and keep_distributed):
+            shutdown_distributed(together=False)

@@ -123,6 +123,11 @@ def format_apart(value: float, reference: float, digits: int = DIGITS) -> tuple[
     return shown
 
 
+# The class names of a two-class study by label (0 non-covid, 1 covid): what data sets,
+# checkpoints and reports call them.
+BINARY_CLASSES: tuple[str, ...] = ("non-covid", "covid")
+
+
 def check_classes(value: object, where: str = "classes") -> tuple[str, ...]:
     """A recorded class list (a checkpoint's, an ensemble file's): two or more distinct
     non-empty strings; anything else is bad input naming `where`."""

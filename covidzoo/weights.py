@@ -218,8 +218,8 @@ def _key_map(key_map: KeyMap | str | None) -> KeyMap:
         return str
     if isinstance(key_map, str):
         if key_map not in KEY_MAPS:
-            raise BadInputError(
-                f"key map '{key_map}' is unknown; choose from {', '.join(sorted(KEY_MAPS))}")
+            raise BadInputError(f"--init-key-map: '{key_map}' is unknown; choose from "
+                                f"{', '.join(sorted(KEY_MAPS))}")
         return KEY_MAPS[key_map]
     return key_map
 
@@ -256,6 +256,8 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         size = path.stat().st_size
         with path.open("rb") as fh:
             head = fh.read(9)
+    except BadInputError:
+        raise
     except (OSError, ValueError) as exc:  # unreadable, or a name the system cannot take
         raise BadInputError(f"{path}: cannot read the weights file "
                             f"({one_line(exc, with_type=False)})") from None
@@ -290,7 +292,10 @@ def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Weights only load failed" not in str(exc):
+        # torch says "Weights only load failed" of every failure of its restricted unpickler;
+        # only a GLOBAL it refused is an object other than tensors, the rest is no weights file.
+        if "Weights only load failed" not in str(exc) or not re.search(r"GLOBAL|global",
+                                                                        str(exc)):
             raise BadInputError(f"{path}: corrupt PyTorch file "
                                 f"({one_line(exc, with_type=False)})") from None
         refused = re.search(r"GLOBAL ([\w.]+)", str(exc))

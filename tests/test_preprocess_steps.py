@@ -106,7 +106,7 @@ def test_crop_lungs_holds_the_whole_lungs_within_the_margin(seed):
     volume, truth = _phantom(seed)
     cfg = _cfg("crop=lungs,margin=0.05")
     _, geometry = prepare_scan(volume, cfg)
-    for (lo, hi), (t0, t1), n in zip(geometry.box, _box(truth), volume.shape, strict=True):
+    for (lo, hi), (t0, t1) in zip(geometry.box, _box(truth), strict=True):
         slack = int(np.ceil(0.05 * (t1 - t0))) + 4  # the margin and the coarse grid's step
         assert lo <= t0 and hi >= t1, (geometry.box, _box(truth))
         assert t0 - lo <= slack and hi - t1 <= slack, (geometry.box, _box(truth))

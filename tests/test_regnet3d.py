@@ -357,3 +357,20 @@ def test_docs_table_quotes_the_golden_numbers():
     for name, entry in json.loads(GOLDEN.read_text()).items():
         row = next(line for line in page.splitlines() if line.startswith(f"| `{name}` |"))
         assert f"| {entry['params']:,} | {entry['flops']:,} " in row, name
+
+
+def test_stochastic_depth_is_off_by_default_and_grows_linearly_per_block():
+    from covidzoo.models.layers import DropPath
+
+    assert not any(isinstance(m, DropPath) for m in small().modules())
+    model = small(drop_path_rate=0.3, zero_init_last=False)  # branches that are not 0
+    rates = [m.drop_prob for m in model.modules() if isinstance(m, DropPath)]
+    # The first block keeps its path (rate 0, no module); the last drops at the full rate.
+    assert rates == sorted(rates) and rates[-1] == pytest.approx(0.3) and min(rates) > 0
+    x = torch.randn(2, 1, 16, 32, 32)
+    model.train()
+    torch.manual_seed(0)
+    first = model(x)
+    assert any(not torch.equal(first, model(x)) for _ in range(5))  # paths dropped at random
+    model.eval()
+    assert torch.equal(model(x), model(x))  # inference keeps every path

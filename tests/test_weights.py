@@ -345,7 +345,8 @@ def test_missing_file_and_folder_are_errors(tmp_path):
 
 def test_unknown_key_map_name_is_an_error(tmp_path):
     path = save(tmp_path / "w.safetensors", trained_2d().state_dict())
-    with pytest.raises(BadInputError, match="key map 'timm' is unknown; choose from timm-regnet"):
+    with pytest.raises(BadInputError,
+                       match="--init-key-map: 'timm' is unknown; choose from timm-regnet"):
         load_init_weights(Net2d(), path, key_map="timm")
 
 

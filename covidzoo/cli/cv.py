@@ -38,6 +38,8 @@ def _run(backbone: str | None, recipe: str | None, config_file: Path | None,
 
         cfg = replace(cfg, out=default_out(f"cv-{cfg.backbone}"))
     result = cross_validate(cfg, folds, repeats, quiet=as_json)
+    if result.get("reported_by_rank_0"):  # another torchrun process: the first reports
+        return
     if as_json:
         opt.print_json(result)
     elif not result["interrupted"] and "fold_metrics" in result:

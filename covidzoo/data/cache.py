@@ -33,8 +33,8 @@ from torch.utils.data import Dataset
 from ..errors import BadInputError, one_line
 from ..fileio import atomic_write_bytes, exclusive_lock
 from ..progress import progress_bar
-from ..values import check_classes
-from .layouts import BINARY_CLASSES, ScanRecord
+from ..values import BINARY_CLASSES, check_classes
+from .layouts import ScanRecord
 from .paths import prepared_dir
 from .preprocess import PreprocessConfig, prepare_scan
 from .readers import read_scan

@@ -14,12 +14,11 @@ from typing import Any
 
 from ..errors import BadInputError
 from ..fileio import atomic_write
+from ..values import BINARY_CLASSES
 from .listing import list_folder
 
 SPLITS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 CLASSES = {"covid": 1, "non-covid": 0, "non_covid": 0, "noncovid": 0}
-# The class names of a binary data set, by label: what checkpoints record for two classes.
-BINARY_CLASSES: tuple[str, ...] = ("non-covid", "covid")
 GROUP_COLUMNS = ("patient", "group")
 LABELS = {
     "1": 1, "covid": 1, "positive": 1, "true": 1,
@@ -111,6 +110,14 @@ def _from_folders(root: Path) -> tuple[list[ScanRecord], tuple[str, ...]]:
     return records, classes
 
 
+class _UnknownLabel(BadInputError):
+    """A label `_manifest_classes` refuses; `label` is its text, to find its line."""
+
+    def __init__(self, label: str, message: str) -> None:
+        super().__init__(message)
+        self.label = label
+
+
 def _manifest_classes(values: Iterable[str]) -> tuple[str, ...]:
     """The classes of a manifest's label column: binary when every label is a binary spelling
     (`LABELS`: 1/0, covid/non-covid, positive/negative, true/false); integers 0..K-1 (each
@@ -123,13 +130,20 @@ def _manifest_classes(values: Iterable[str]) -> tuple[str, ...]:
     if len(numbers) == len(texts):  # class indices: every one of 0..K-1 must be there
         missing = sorted(set(range(max(numbers) + 1)) - numbers)
         if missing:
-            raise BadInputError(f"unknown label '{max(numbers)}': integer labels are the "
+            raise _UnknownLabel(str(max(numbers)),
+                                f"unknown label '{max(numbers)}': integer labels are the "
                                 f"classes 0..K-1, and {missing[0]} has no scan")
         return tuple(str(i) for i in range(max(numbers) + 1))
     if len(texts) < 3:  # a typo of a binary label, most likely
         unknown = sorted(texts - set(LABELS))[0]
-        raise BadInputError(f"unknown label '{unknown}'; use 1/0 or covid/non-covid, or three "
-                            "or more class names")
+        raise _UnknownLabel(unknown, f"unknown label '{unknown}'; use 1/0 or covid/non-covid, "
+                                     "or three or more class names")
+    digits = sorted(t for t in texts if t.isdigit())
+    if digits:  # numbers beside names: class indices or typos, never a class named "2"
+        names = sorted(texts - set(digits))
+        odd = names[0] if len(names) < len(digits) else digits[0]
+        raise _UnknownLabel(odd, f"label '{odd}': the labels mix numbers ({', '.join(digits)}) "
+                                 f"and class names ({', '.join(names)}); use one or the other")
     return tuple(sorted(texts))
 
 
@@ -141,12 +155,9 @@ def _label(value: str, where: str, classes: tuple[str, ...] = BINARY_CLASSES) ->
         if text not in LABELS:
             raise BadInputError(f"{where}: unknown label '{value}'; use 1/0 or covid/non-covid")
         return LABELS[text]
-    if text.isdigit() and classes[0] == "0":
+    if text.isdigit():  # class indices ("07" is 7)
         return int(text)
-    if text not in classes:  # a number among names: the classes are the names
-        raise BadInputError(f"{where}: label '{value}' mixes numbers and class names "
-                            f"({', '.join(classes)})")
-    return classes.index(text)
+    return classes.index(text)  # `_manifest_classes` made the classes of these very labels
 
 
 def _read_csv(manifest: Path) -> tuple[list[str], list[dict[str | None, Any]]]:
@@ -181,9 +192,8 @@ def _from_manifest(manifest: Path, label_required: bool = True
     labels = [(row.get(label_key) or "") if label_key else "" for row in rows]
     try:
         classes = _manifest_classes(labels)
-    except BadInputError as exc:  # name the first row of the label it does not know
-        line = next((n for n, v in enumerate(labels, start=2)
-                     if v.strip().lower() not in LABELS and v.strip()), 2)
+    except _UnknownLabel as exc:  # name the first row of the label it refused
+        line = next(n for n, v in enumerate(labels, start=2) if v.strip().lower() == exc.label)
         raise BadInputError(f"{manifest}:{line}: {exc}") from None
     records = []
     for line, row in enumerate(rows, start=2):

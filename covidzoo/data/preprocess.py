@@ -92,7 +92,9 @@ class PreprocessConfig:
         if len(size) != 3 or min(size) < 1:
             raise BadInputError(f"size must be 3 positive integers D,H,W, got {self.size}")
         window = tuple(float(w) for w in self.window)
-        if len(window) != 2 or not all(map(math.isfinite, window)) or window[1] <= 0:
+        if len(window) == 2 and not all(map(math.isfinite, window)):
+            raise BadInputError(f"window {list(window)} is not finite")
+        if len(window) != 2 or window[1] <= 0:
             raise BadInputError(f"window must be level,width with width > 0, got {self.window}")
         for name, low, high in (("crop_slices", 0.0, 0.5), ("crop_border", 0.0, 0.5),
                                 ("margin", 0.0, 1.0), ("lung_area", 0.0, 1.0)):

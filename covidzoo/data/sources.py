@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BadInputError
+from ..values import BINARY_CLASSES
 
 if TYPE_CHECKING:
     from .cache import CachedScans
@@ -116,7 +117,7 @@ class TrainingData:
     val: CachedScans
     preprocess: dict[str, Any]
     source: str
-    classes: tuple[str, ...] = ("non-covid", "covid")
+    classes: tuple[str, ...] = BINARY_CLASSES
     records: list[ScanRecord] | None = None
 
     def check(self, batch_size: int) -> None:
