@@ -26,7 +26,13 @@ from typing import Any
 from ._version import __version__
 from .errors import BadInputError, CovidzooError, UnknownComponentError, one_line
 from .fileio import atomic_write, atomic_write_text
-from .values import BINARY_CLASSES, check_classes, is_probability, printable_errors
+from .values import (
+    BINARY_CLASSES,
+    check_classes,
+    check_temperature,
+    is_probability,
+    printable_errors,
+)
 
 METADATA_KEY = "covidzoo"
 FORMAT_VERSION = 1
@@ -62,6 +68,8 @@ class ModelSpec:
     # The class names by label (`covidzoo.task`): a checkpoint written before there were more
     # than two classes is binary.
     classes: list[str] = field(default_factory=lambda: list(BINARY_CLASSES))
+    # A temperature fitted by `covidzoo calibrate` (logits are divided by it); None: none.
+    temperature: float | None = None
 
     def _components(self) -> list[tuple[str, str]]:
         """`(role, registry name)` of the spec's components; `aggregator="auto"` is resolved
@@ -137,6 +145,7 @@ class ModelSpec:
             "extra": self.extra,
             "provenance": self.provenance,
             "classes": list(self.classes),
+            "temperature": self.temperature,
         }
 
     @classmethod
@@ -161,6 +170,7 @@ class ModelSpec:
             extra=_mapping(data, "extra"),
             provenance=_provenance_of(data.get("provenance")),
             classes=list(check_classes(data.get("classes", BINARY_CLASSES))),
+            temperature=check_temperature(data.get("temperature")),
         )
         _check_preprocess(spec.preprocess)
         outputs = spec.model_args.get("num_classes", 1)

@@ -36,6 +36,9 @@ PathLike = str | os.PathLike[str]
 
 
 
+# The most confident errors whose explanation maps the report shows.
+EXPLAINED_ERRORS = 3
+
 @dataclass(frozen=True)
 class Threshold:
     """A decision threshold and where it came from (`source`: "checkpoint", "ensemble file",
@@ -105,6 +108,16 @@ def _label_name(value: int) -> str:
     return CLASS_NAMES[int(value)]
 
 
+def _describe_preprocess(members: Sequence[Any]) -> str:
+    """The members' preprocessing in the `--preprocess` spelling, with the size: one line per
+    distinct config."""
+    from .data.preprocess import describe
+
+    lines = {f"{'x'.join(map(str, m.preprocess.size))}: {describe(m.preprocess)}"
+             for m in members}
+    return "; ".join(sorted(lines))
+
+
 def _write_csv(path: PathLike, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     import csv
     import io
@@ -136,6 +149,7 @@ class EvalReport:
     inference_s: float
     total_s: float
     notes: list[str] = field(default_factory=list)
+    subgroups: dict[str, Any] | None = None  # `subgroup_report` with --by
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -172,6 +186,112 @@ class EvalReport:
                             operating_label=f"threshold {chosen.value:.3g} ({chosen.source}): "
                                             f"sensitivity {sens:.2f}, specificity {spec:.2f}")
 
+    def save_reliability(self, path: PathLike) -> Path:
+        """The reliability diagram of these predictions (binary: the covid probability;
+        classes: the top class's) as a PNG, with the ECE and Brier score."""
+        from .plots import save_reliability_png
+        from .stats import reliability_curve
+
+        curve = reliability_curve(self.labels, self.probs)
+        cal = self.metrics["calibration"]
+        what = "covid" if self.threshold is not None else "top class"
+        return save_reliability_png(
+            path, curve["confidence"], curve["observed"], curve["count"],
+            title=f"{self.model.name} on {self.split}: reliability ({what})",
+            notes=[f"n = {len(self.labels)} scans; ECE {cal['ece']:.3f} (equal-width bins), "
+                   f"{cal['ece_equal_mass']:.3f} (equal-mass); Brier {cal['brier']:.3f}"])
+
+    def scan_rows(self, thumbnails: int = 24) -> list[dict[str, Any]]:
+        """One row per scan for the report: path, label, probability (or each class's),
+        prediction, and a thumbnail of the scan as the model saw it for the first
+        `thumbnails` rows; the most confident errors first, then the other errors, then the
+        rest, each by confidence."""
+        from .metrics import predict_labels
+
+        names = self.classes
+        if self.threshold is None:
+            predicted = self.probs.argmax(axis=1)
+            confidence = self.probs.max(axis=1)
+        else:
+            predicted = predict_labels(self.probs, self.threshold.value)
+            confidence = np.where(predicted == 1, self.probs, 1 - self.probs)
+        wrong = predicted != self.labels
+        order = np.lexsort((-confidence, ~wrong))
+        rows = []
+        for rank, k in enumerate(order):
+            row: dict[str, Any] = {"path": self.data.sources[self.rows[k]],
+                                   "label": names[self.labels[k]],
+                                   "predicted": names[predicted[k]], "correct": not wrong[k],
+                                   "thumbnail_png": None}
+            if self.threshold is None:
+                row["probabilities"] = {n: float(v) for n, v in zip(names, self.probs[k],
+                                                                     strict=True)}
+            else:
+                row["probability"] = float(self.probs[k])
+            if rank < thumbnails:
+                row["thumbnail_png"] = self._thumbnail(int(self.rows[k]))
+            rows.append(row)
+        return rows
+
+    def _thumbnail(self, row: int) -> bytes | None:
+        from .report import thumbnail_png
+
+        digest = self.predictor.members[0].preprocess.digest()
+        dataset = self.data.datasets[digest]
+        volume, _ = dataset[self.data.rows[digest][row]]
+        return thumbnail_png(volume[0].numpy())
+
+    def save_report(self, path: PathLike) -> Path:
+        """Everything as one self-contained HTML file (`covidzoo.report`): configuration,
+        metrics, ROC and reliability plots, confusion matrix, subgroups, per-scan table."""
+        import tempfile
+
+        from .report import evaluation_report
+
+        images: dict[str, bytes | None] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, save in (("roc", self.save_roc), ("reliability", self.save_reliability)):
+                target = Path(tmp) / f"{name}.png"
+                images[name] = target.read_bytes() if save(target) is not None else None
+        scans = self.scan_rows()
+        report = evaluation_report(self.to_dict(), roc_png=images["roc"],
+                                   reliability_png=images["reliability"], scans=scans,
+                                   explain_pngs=self._error_maps(scans))
+        report.write(path)
+        return Path(path)
+
+    def _error_maps(self, scans: Sequence[dict[str, Any]], count: int = EXPLAINED_ERRORS
+                    ) -> dict[str, bytes]:
+        """Grad-CAM pictures (`covidzoo.explain`) of the most confident errors, by scan path;
+        none (and a note) when the model has no layer to explain."""
+        import io
+
+        from .data.readers import read_scan
+        from .explain import EnsembleExplainer, Explainer, explanation_png
+
+        errors = [row["path"] for row in scans if not row["correct"]][:count]
+        if not errors:
+            return {}
+        try:
+            explainer: Any = (EnsembleExplainer(self.predictor) if self.predictor.kind ==
+                              "ensemble" else Explainer(self.predictor.members[0]))
+        except BadInputError as exc:
+            self.notes.append(f"no explanation maps in the report: {exc}")
+            return {}
+        pictures = {}
+        for path in errors:
+            volume = read_scan(path)
+            found = explainer.explain(volume)
+            image = explanation_png(volume, found, window=explainer.member.preprocess.window,
+                                    lines=[f"{Path(path).name}: Grad-CAM of "
+                                           f"'{found.explained}'"],
+                                    threshold=(explainer.threshold
+                                               if len(self.classes) == 2 else None))
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            pictures[path] = buffer.getvalue()
+        return pictures
+
     def save_predictions(self, path: PathLike) -> None:
         """path,label,probability,predicted per scan, as CSV; for three or more classes,
         path,label,predicted and one probability column per class (`p_NAME`)."""
@@ -202,8 +322,11 @@ class EvalReport:
             "data": self.data.source,
             "split": self.split,
             "classes": list(self.classes),
+            "preprocess": _describe_preprocess(members),
             "threshold": None if self.threshold is None else self.threshold.to_dict(),
             "metrics": self.metrics,
+            "subgroups": self.subgroups,
+            "tta": self.predictor.members[0].tta or "none",
             "failed": [{"source": s, "reason": r} for s, r in self.data.failed],
             "unlabelled": self.unlabelled,
             "device": str(members[0].device),
@@ -224,18 +347,25 @@ def evaluate(
     split: str = "val", threshold: str = "checkpoint", bootstrap: int = 0, seed: int = 0,
     device: str | None = None, precision: str = "auto", batch_size: int = 8,
     workers: int | None = None, progress: bool = False, cache: PathLike | None = None,
-    preprocess: dict[str, Any] | None = None,
+    preprocess: dict[str, Any] | None = None, tta: str | None = None, by: str | None = None,
 ) -> EvalReport:
-    """Metrics of a checkpoint or ensemble file on the labelled scans of `split`.
+    """Metrics of a checkpoint or ensemble file on the labelled scans of `split`, with its
+    calibration (ECE, Brier) in `metrics["calibration"]`.
 
     The threshold (`resolve_threshold`) is by default the one stored with the model, chosen on
     validation data; `"youden"` takes the Youden point of the evaluated scans (optimistic).
     `cache`, a cache made by `covidzoo data prepare`, replaces `data`/`manifest` when it was
     prepared as the model's checkpoint records (`load_eval_data`). `preprocess` (steps as
     `--preprocess` gives them) overrides what the checkpoints record, with a note in the report.
+    `tta` scores each scan as the mean over test-time views (`transforms.tta_views`). `by`, a
+    column of `manifest` (site, sex, scanner), adds every metric per group (`subgroups`).
     """
+    from .calibration import calibrated_on, calibration_figures
     from .metrics import binary_report
     from .multiclass_metrics import multiclass_report
+
+    if by is not None and manifest is None:
+        raise BadInputError(f"--by {by}: groups are a column of a --manifest")
 
     start = time.perf_counter()
     threshold_choice(threshold)  # a bad --threshold fails before models and data are loaded
@@ -243,7 +373,13 @@ def evaluate(
     target = resolve_device(device)
     workers = resolve_workers(workers, target)
     predictor = load_predictor(model, target, precision)
+    predictor.set_tta(tta)
     overridden = predictor.override_preprocess(preprocess)
+    groups = None
+    if by is not None:
+        from .data.layouts import manifest_column
+
+        groups = manifest_column(manifest, by)  # type: ignore[arg-type]
     run_split = _run_split_of(model) if predictor.kind == "checkpoint" else None
     scans = load_eval_data(predictor.members, data, manifest, [split], workers, progress,
                            cache=cache, run_split=run_split)
@@ -264,13 +400,62 @@ def evaluate(
     else:
         chosen = resolve_threshold(threshold, predictor, labels, probs)
         metrics = binary_report(labels, probs, chosen.value, n_boot=bootstrap, seed=seed)
+    metrics["calibration"] = calibration_figures(labels, probs)
     notes = overridden + ([] if unlabelled == 0
                           else [f"{unlabelled} unlabelled scan(s) left out"])
+    fitted_here = calibrated_on(predictor, scans.source, split)
+    if fitted_here:
+        notes.append(fitted_here)
+    if tta not in (None, "none"):
+        notes.append(f"--tta {tta}: each scan's probability is the mean over its views")
+    subgroups = None
+    if groups is not None:
+        subgroups = subgroup_report(
+            [groups.get(scans.sources[i], "(none)") for i in rows], labels, probs,
+            predictor.classes, None if chosen is None else chosen.value, by,
+            n_boot=bootstrap or SUBGROUP_BOOTSTRAP, seed=seed)
     if scans.run_split_used and split in ("train", "val"):
         notes.append(f"the {split} split is the one the run used "
                      f"({model.parent / 'split.csv'}) where it lists these data's scans")
     return EvalReport(model, predictor, scans, split, rows, labels, probs, chosen, metrics,
-                      unlabelled, inference_s, time.perf_counter() - start, notes)
+                      unlabelled, inference_s, time.perf_counter() - start, notes, subgroups)
+
+
+# Resamples of each group's intervals when --by is given without --bootstrap.
+SUBGROUP_BOOTSTRAP = 1000
+
+
+def subgroup_report(groups: Sequence[str], labels: NDArray[np.int64], probs: NDArray[np.float64],
+                    classes: Sequence[str], threshold: float | None, by: str, *, n_boot: int,
+                    seed: int) -> dict[str, Any]:
+    """Every metric per group (binary: at the model's `threshold`; multi-class: the most
+    probable class), each with bootstrap intervals and its counts; the worst group (lowest AUC,
+    or macro AUC), and the mean of the groups' macro F1 (the 2025 COV19D fairness track's
+    score). A group with one class only has no AUC: said under its `undefined`."""
+    from .metrics import binary_report
+    from .multiclass_metrics import multiclass_report
+
+    names = np.asarray(groups)
+    table: dict[str, Any] = {}
+    for name in sorted(set(groups)):
+        at = np.flatnonzero(names == name)
+        if len(classes) > 2:
+            table[name] = multiclass_report(labels[at], probs[at], classes, n_boot=n_boot,
+                                            seed=seed)
+        else:
+            table[name] = binary_report(labels[at], probs[at], threshold, n_boot=n_boot,
+                                        seed=seed)
+    key = "auc" if len(classes) == 2 else "macro_auc"
+    scored = {n: r[key] for n, r in table.items() if r.get(key) is not None}
+    worst = min(scored, key=scored.__getitem__) if scored else None
+    return {
+        "by": by,
+        "groups": table,
+        "counts": {n: r["n"] for n, r in table.items()},
+        "worst": None if worst is None else {"group": worst, "metric": key,
+                                             "value": scored[worst]},
+        "mean_group_macro_f1": float(np.mean([r["macro_f1"] for r in table.values()])),
+    }
 
 
 def _run_split_of(model: Path) -> list[Any] | None:
@@ -665,12 +850,13 @@ class PredictReport:
 
 def predict(model: PathLike, scans: Sequence[PathLike], *, device: str | None = None,
             precision: str = "auto", batch_size: int = 4, progress: bool = False,
-            preprocess: dict[str, Any] | None = None) -> PredictReport:
+            preprocess: dict[str, Any] | None = None, tta: str | None = None) -> PredictReport:
     """Probability and label (at the stored threshold) of each raw scan; scans that cannot be
     read are listed in `failed`, and when every scan fails that is bad input. `preprocess`
     overrides the checkpoints' preprocessing (noted in `notes`)."""
     model = Path(model)
     predictor = load_predictor(model, resolve_device(device), precision)
+    predictor.set_tta(tta)
     notes = predictor.override_preprocess(preprocess)
     found = predict_paths(predictor, scans, batch_size, progress)
     if not found.paths:

@@ -195,13 +195,16 @@ class ScanGraph(nn.Module):
         super().__init__()
         self.models = nn.ModuleList(member.model for member in members)
         self.num_classes = [member.num_classes for member in members]
+        # Each member's calibration temperature (`covidzoo calibrate`; 1: none).
+        self.temperatures = [member.spec.temperature or 1.0 for member in members]
         self.input_of = list(input_of)
         self.fusion = fusion
 
     def forward(self, *scans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         probs = [
-            logits_to_probs(model(to_model_input(scans[i])), n)
-            for model, n, i in zip(self.models, self.num_classes, self.input_of, strict=True)
+            logits_to_probs(model(to_model_input(scans[i])) / t, n)
+            for model, n, t, i in zip(self.models, self.num_classes, self.temperatures,
+                                      self.input_of, strict=True)
         ]
         member_probs = torch.stack(probs, dim=1)
         return self.fusion(member_probs), member_probs
@@ -526,6 +529,9 @@ def export_model(model: str | os.PathLike[str], out: str | os.PathLike[str], fmt
     if len(predictor.classes) > 2:
         raise BadInputError(f"{model}: a model of {len(predictor.classes)} classes; export "
                             "writes graphs that output a covid probability (two classes)")
+    if predictor.temperature is not None:
+        raise BadInputError(f"{model}: an ensemble file calibrated as a whole; export its "
+                            "uncalibrated file, or calibrate its members instead")
     inputs = {p.resolve() for p in [predictor.path, *(m.path for m in predictor.members)]}
     if {out.resolve(), card_path(out).resolve()} & inputs:
         raise BadInputError(f"--out {out}: that would overwrite the model being exported")

@@ -48,8 +48,8 @@ from .runtime import (
     scans_channels_last,
     tune_cudnn,
 )
-from .transforms import to_model_input
-from .values import BINARY_CLASSES, is_probability, printable_errors
+from .transforms import to_model_input, tta_views
+from .values import BINARY_CLASSES, check_temperature, is_probability, printable_errors
 
 ENSEMBLE_FORMAT = 1
 # An ensemble file is a few member paths and a fitted ensembler (a rank ensembler keeps one
@@ -94,6 +94,7 @@ class Member:
     precision: Precision
     device: torch.device
     num_classes: int
+    tta: str | None = None  # test-time augmentation (`transforms.tta_views`)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -116,9 +117,14 @@ class Member:
         dims = spatial_dims(self.spec.backbone)
         x = to_model_input(batch.to(self.device, non_blocking=True),
                            channels_last=scans_channels_last(self.precision, dims))
+        views = tta_views(x, self.tta)  # batched on the device: one pass over every view
         with self.precision.autocast(self.device.type):
-            logits = self.model(x)
-        return logits_to_probs(logits, self.num_classes)
+            logits = self.model(torch.cat(views) if len(views) > 1 else x)
+        logits = logits.float()
+        if self.spec.temperature is not None:  # `covidzoo calibrate`
+            logits = logits / self.spec.temperature
+        probs = logits_to_probs(logits, self.num_classes)
+        return probs.view(len(views), len(x), *probs.shape[1:]).mean(dim=0)
 
 
 def load_member(
@@ -386,6 +392,27 @@ class Predictor:
     members: list[Member]
     ensembler: Any | None = None
     threshold: float | None = None
+    # An ensemble file's temperature (`covidzoo calibrate`), applied to the fused probability,
+    # and the record of its fit; a checkpoint's are its member's (`Member.probs`, spec.extra).
+    temperature: float | None = None
+    calibration: dict[str, Any] | None = None
+
+    def set_tta(self, mode: str | None) -> None:
+        """Score every scan as the mean over the views of `--tta` (`transforms.tta_views`)."""
+        from .values import TTA_MODES
+
+        if mode not in (None, *TTA_MODES):
+            raise BadInputError(f"--tta: '{mode}' is not one of {', '.join(TTA_MODES)}")
+        for member in self.members:
+            member.tta = mode
+
+    def without_calibration(self) -> None:
+        """Forget every fitted temperature (what `calibrate` fits anew from)."""
+        from dataclasses import replace
+
+        self.temperature = None
+        for member in self.members:
+            member.spec = replace(member.spec, temperature=None)
 
     def override_preprocess(self, steps: dict[str, Any] | None) -> list[str]:
         """Feed every member scans prepared with `steps` (`PreprocessConfig` keywords, as
@@ -427,8 +454,14 @@ class Predictor:
                 raise BadInputError(f"{self.path}: the '{self.ensembler.method}' ensembler "
                                     "fuses covid probabilities; a multi-class ensemble "
                                     "averages class probabilities (method mean)")
-            return probs.mean(axis=1)
-        return np.asarray(self.ensembler.predict(probs), dtype=np.float64)
+            fused = probs.mean(axis=1)
+        else:
+            fused = np.asarray(self.ensembler.predict(probs), dtype=np.float64)
+        if self.temperature is not None:
+            from .stats import apply_temperature
+
+            fused = apply_temperature(fused, self.temperature)
+        return fused
 
 
 def load_predictor(
@@ -443,7 +476,11 @@ def load_predictor(
     paths, ensembler, threshold = read_ensemble_file(path)
     members = [load_member(p, device, precision, fold) for p in paths]
     check_members(members)
-    return Predictor(path, "ensemble", members, ensembler, threshold)
+    data = _read_json(path)
+    record = data.get("calibration")
+    return Predictor(path, "ensemble", members, ensembler, threshold,
+                     check_temperature(data.get("temperature"), f"{path}: temperature"),
+                     record if isinstance(record, dict) else None)
 
 
 def config_groups(members: Sequence[Member]) -> dict[str, PreprocessConfig]:

@@ -10,6 +10,7 @@ threshold in use) ringed on the highlighted curve.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -172,14 +173,7 @@ def save_roc_png(
     def xy(fpr: float, tpr: float) -> tuple[float, float]:
         return left + fpr * side, bottom - tpr * side
 
-    for tick in np.linspace(0, 1, 6):
-        x, yy = xy(tick, tick)
-        draw.line([(x, top), (x, bottom)], fill=GRID)
-        draw.line([(left, yy), (right, yy)], fill=GRID)
-        draw.text((x, bottom + 5 * k), f"{tick:.1f}", fill=BLACK, font=fonts["small"],
-                  anchor="ma")
-        draw.text((left - 6 * k, yy), f"{tick:.1f}", fill=BLACK, font=fonts["small"],
-                  anchor="rm")
+    _unit_grid(draw, (left, top, right, bottom), fonts["small"], k, x_labels=True)
     draw.text(((left + right) / 2, size - 6 * k), "False positive rate (1 - specificity)",
               fill=BLACK, font=fonts["text"], anchor="md")
     ytitle = "True positive rate (sensitivity)"
@@ -258,4 +252,77 @@ def save_roc_png(
     return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
-__all__ = ["Curve", "default_font", "save_roc_png"]
+def _unit_grid(draw: Any, box: tuple[float, float, float, float], font: Any, k: float,
+               x_labels: bool) -> None:
+    """The grid of a [0, 1] x [0, 1] plot in `box` (left, top, right, bottom), every 0.2, with
+    the y axis's labels and, when `x_labels`, the x axis's."""
+    left, top, right, bottom = box
+    for tick in np.linspace(0, 1, 6):
+        x, y = left + tick * (right - left), bottom - tick * (bottom - top)
+        draw.line([(x, top), (x, bottom)], fill=GRID)
+        draw.line([(left, y), (right, y)], fill=GRID)
+        if x_labels:
+            draw.text((x, bottom + 5 * k), f"{tick:.1f}", fill=BLACK, font=font, anchor="ma")
+        draw.text((left - 6 * k, y), f"{tick:.1f}", fill=BLACK, font=font, anchor="rm")
+
+
+def save_reliability_png(path: str | os.PathLike[str], confidence: Sequence[float],
+                         observed: Sequence[float], counts: Sequence[int], title: str,
+                         notes: Sequence[str] = (), size: int = 640) -> Path:
+    """A reliability diagram (DeGroot & Fienberg 1983): per bin of predicted probability, the
+    mean prediction against how often the scans were positive (or, for classes, how often the
+    top class was right), each bin a dot sized by its scans, on the diagonal of perfect
+    calibration; a histogram of the bins' scans below. Written atomically."""
+    from PIL import Image, ImageDraw
+
+    if size < 200:
+        raise BadInputError(f"reliability plot size must be at least 200 pixels, got {size}")
+    k = size / 640
+    fonts = {name: default_font(max(8, round(px * k)))
+             for name, px in (("title", 18), ("text", 14), ("small", 12))}
+    image = Image.new("RGB", (size, size), WHITE)
+    draw = ImageDraw.Draw(image)
+    y = 8 * k
+    for i, line in enumerate([title, *notes]):
+        draw.text((size / 2, y), line, fill=BLACK if i == 0 else GREY,
+                  font=fonts["title"] if i == 0 else fonts["small"], anchor="ma")
+        y += (26 if i == 0 else 17) * k
+    left, right = 78 * k, size - 24 * k
+    hist_h = 70 * k
+    bottom = size - 52 * k - hist_h - 10 * k
+    side = min(right - left, bottom - (y + 8 * k))
+    top = bottom - side
+    right = left + side
+
+    def xy(conf: float, obs: float) -> tuple[float, float]:
+        return left + conf * side, bottom - obs * side
+
+    _unit_grid(draw, (left, top, right, bottom), fonts["small"], k, x_labels=False)
+    _dashed(draw, [xy(0, 0), xy(1, 1)], GREY, 1, 6 * k, 5 * k)
+    draw.rectangle([left, top, right, bottom], outline=BLACK)
+    draw.text((left + 4 * k, top + 4 * k), "observed frequency", fill=BLACK, font=fonts["text"])
+    total = max(sum(counts), 1)
+    points = [(c, o, n) for c, o, n in zip(confidence, observed, counts, strict=True) if n]
+    if len(points) > 1:
+        draw.line([xy(c, o) for c, o, _ in points], fill=HIGHLIGHT, width=max(2, round(2 * k)))
+    for c, o, n in points:
+        x, yy = xy(c, o)
+        r = (3 + 9 * math.sqrt(n / total)) * k
+        draw.ellipse([x - r, yy - r, x + r, yy + r], fill=HIGHLIGHT, outline=WHITE)
+    # the histogram of scans per bin, under the plot on the same x axis
+    h_top, h_bottom = bottom + 10 * k, bottom + 10 * k + hist_h
+    draw.rectangle([left, h_top, right, h_bottom], outline=GREY)
+    peak = max((n for *_, n in points), default=1)
+    for c, _, n in points:
+        x = left + c * side
+        draw.rectangle([x - 3 * k, h_bottom - n / peak * (hist_h - 4 * k), x + 3 * k, h_bottom],
+                       fill=GREY)
+    for tick in np.linspace(0, 1, 6):
+        draw.text((left + tick * side, h_bottom + 5 * k), f"{tick:.1f}", fill=BLACK,
+                  font=fonts["small"], anchor="ma")
+    draw.text(((left + right) / 2, size - 6 * k), "predicted probability (mean per bin)",
+              fill=BLACK, font=fonts["text"], anchor="md")
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+__all__ = ["Curve", "default_font", "save_reliability_png", "save_roc_png"]

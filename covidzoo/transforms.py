@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .values import TTA_MODES
+
 # uint8 [0, 255] -> roughly zero-mean, unit-range values.
 INPUT_MEAN = 127.5
 INPUT_SCALE = 1 / 127.5
@@ -116,3 +118,27 @@ class ScanAugment:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+
+
+def tta_views(x: torch.Tensor, mode: str | None) -> list[torch.Tensor]:
+    """The views of a model-input batch `B x C x D x H x W` that `mode` averages over:
+
+    - `none`: the batch as it is;
+    - `flip`: it and its left-right mirror (the patient's right and left swapped, as training's
+      augmentation flips);
+    - `flip+shift`: those two, and the batch shifted by 1/32 of its width and height in each of
+      the four in-plane directions (six views): a scan framed a few millimetres differently.
+
+    Shifts roll the scan, so what leaves one side comes back on the other: at 1/32 of the
+    width that is air around the body in a chest CT.
+    """
+    if mode in (None, "none"):
+        return [x]
+    if mode not in TTA_MODES:
+        raise ValueError(f"unknown --tta '{mode}'; choose from {', '.join(TTA_MODES)}")
+    views = [x, torch.flip(x, dims=(-1,))]
+    if mode == "flip+shift":
+        dy, dx = max(1, x.shape[-2] // 32), max(1, x.shape[-1] // 32)
+        views += [torch.roll(x, shifts=s, dims=d) for d, s in ((-2, dy), (-2, -dy),
+                                                               (-1, dx), (-1, -dx))]
+    return views

@@ -135,3 +135,18 @@ def check_classes(value: object, where: str = "classes") -> tuple[str, ...]:
             or not all(isinstance(c, str) and c for c in value) or len(set(value)) != len(value)):
         raise BadInputError(f"{where}: {value!r:.80} is not a list of two or more class names")
     return tuple(value)
+
+
+def check_temperature(value: object, where: str = "temperature") -> float | None:
+    """A recorded calibration temperature: None, or a finite number > 0."""
+    if value is None:
+        return None
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value <= 0):
+        raise BadInputError(f"{where} {value!r:.40} is not a number > 0")
+    return float(value)
+
+
+# Test-time augmentation (`--tta`, `covidzoo.transforms.tta_views`): kept here, torch-free, so
+# that the command line lists the choices without importing torch.
+TTA_MODES: tuple[str, ...] = ("none", "flip", "flip+shift")

@@ -419,3 +419,12 @@ def test_under_torchrun_every_fold_uses_both_processes_and_reports_its_saved_mod
                   (Path(row["run"]) / "metrics.jsonl").read_text().splitlines()]
         best = next(r for r in logged if r["epoch"] == row["best_epoch"])
         assert row["auc"] == pytest.approx(best["val_auc"], abs=1e-9)
+
+
+def test_the_study_report_is_one_self_contained_page(study, tmp_path):
+    html = tmp_path / "cv.html"
+    result = study.run(*study.command, "--report", html)
+    assert result.exit_code == 0, result.output
+    page = html.read_text(encoding="utf-8")
+    assert "Cross-validation of regnet3d" in page and "Pooled out-of-fold" in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page

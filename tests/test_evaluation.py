@@ -35,13 +35,17 @@ def val(env):
 
 
 def test_evaluate_returns_the_report_of_the_stored_threshold(env, val, tmp_path):
+    from covidzoo.calibration import calibration_figures
+
     report = evaluate(env.a, data=env.data, device="cpu")
     labels = [r.label for r in val]
     np.testing.assert_allclose(report.probs, hand_probs(env.a, [r.path for r in val]),
                                atol=1e-5)
     assert report.labels.tolist() == labels and report.split == "val"
     assert report.threshold.value == 0.42 and report.threshold.source == "checkpoint"
-    assert report.metrics == binary_report(labels, report.probs, 0.42)
+    metrics = dict(report.metrics)
+    assert metrics.pop("calibration") == calibration_figures(np.asarray(labels), report.probs)
+    assert metrics == binary_report(labels, report.probs, 0.42)
     assert report.to_dict()["timing"]["scans"] == len(labels)
     report.save_predictions(tmp_path / "p.csv")
     with (tmp_path / "p.csv").open() as fh:

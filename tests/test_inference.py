@@ -61,9 +61,10 @@ def fails(runner, *args) -> str:
 def test_evaluate_json_schema_roc_and_predictions(env, invoke, tmp_path):
     out = run_json(invoke, "evaluate", str(env.a), "--data", str(env.data), "--bootstrap", "20",
                    "--roc", str(tmp_path / "roc.png"), "--predictions", str(tmp_path / "p.csv"))
-    assert set(out) == {"model", "kind", "members", "data", "split", "classes", "threshold",
-                        "metrics", "failed", "unlabelled", "device", "precision", "timing",
-                        "roc", "predictions", "notes"}
+    assert set(out) == {"model", "kind", "members", "data", "split", "classes", "preprocess",
+                        "threshold", "metrics", "subgroups", "tta", "failed", "unlabelled",
+                        "device", "precision", "timing", "roc", "predictions", "reliability",
+                        "report", "notes"}
     assert out["kind"] == "checkpoint" and out["split"] == "val" and out["failed"] == []
     assert out["threshold"] == {"value": 0.42, "source": "checkpoint",
                                 "note": "chosen on validation data"}

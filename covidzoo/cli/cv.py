@@ -21,7 +21,8 @@ NOT_FOR_CV = ("resume", "split_file", "val_split")
 def _run(backbone: str | None, recipe: str | None, config_file: Path | None,
          model_arg: tuple[str, ...], aggregator_arg: tuple[str, ...],
          optimizer_arg: tuple[str, ...], size: str | None, preprocess: tuple[str, ...],
-         compile_: bool, as_json: bool, folds: int, repeats: int, **options: Any) -> None:
+         compile_: bool, as_json: bool, folds: int, repeats: int, report: Path | None,
+         **options: Any) -> None:
     """Cross-validate BACKBONE: K stratified folds that keep each patient (a manifest's
     patient/group column) on one side, one run per fold in OUT/fold-R-K, then oof.csv (every
     scan's out-of-fold prediction), cv.json (each fold's metrics, their mean and std, the pooled
@@ -40,6 +41,11 @@ def _run(backbone: str | None, recipe: str | None, config_file: Path | None,
     result = cross_validate(cfg, folds, repeats, quiet=as_json)
     if result.get("reported_by_rank_0"):  # another torchrun process: the first reports
         return
+    if report is not None and "fold_metrics" in result:
+        from ..report import cv_report
+
+        cv_report(result).write(report)
+        result["report"] = str(report)
     if as_json:
         opt.print_json(result)
     elif not result["interrupted"] and "fold_metrics" in result:
@@ -87,6 +93,8 @@ cv = opt.BackboneCommand(
                      help="Folds (K)."),
         click.Option(["--repeats"], type=click.IntRange(min=1), default=1, show_default=True,
                      help="Repetitions of the K folds, each shuffled anew (seed + repeat)."),
+        click.Option(["--report"], type=click.Path(path_type=Path),
+                     help="Write the study as one self-contained HTML file."),
     ],
     callback=_run,
     help=_run.__doc__,

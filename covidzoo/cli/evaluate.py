@@ -23,6 +23,7 @@ from .options import (
     print_table,
     runtime_options,
     seed_option,
+    tta_option,
 )
 
 # The splits a command can evaluate or fit on; "all" is every scan.
@@ -64,12 +65,20 @@ def _report_failed(failed: Sequence[tuple[str, str]]) -> None:
 @click.option("--roc", type=click.Path(path_type=Path), help="Write the ROC curve to this PNG.")
 @click.option("--predictions", type=click.Path(path_type=Path),
               help="Write path,label,probability,predicted per scan to this CSV.")
+@click.option("--reliability", type=click.Path(path_type=Path),
+              help="Write the reliability diagram (calibration) to this PNG.")
+@click.option("--by", metavar="COLUMN",
+              help="Every metric per group of this --manifest column (site, sex, scanner...).")
+@click.option("--report", type=click.Path(path_type=Path),
+              help="Write one self-contained HTML report of everything to this file.")
+@tta_option
 @preprocess_option
 @runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def evaluate(model: Path, data_root: Path | None, manifest: Path | None, workers: int | None,
              cache: Path | None, split: str, threshold: str, bootstrap: int, seed: int,
-             roc: Path | None, predictions: Path | None, preprocess: tuple[str, ...],
+             roc: Path | None, predictions: Path | None, reliability: Path | None,
+             by: str | None, report: Path | None, tta: str, preprocess: tuple[str, ...],
              device: str | None, precision: str, batch_size: int, as_json: bool) -> None:
     """Metrics of a checkpoint or ensemble file MODEL on labelled scans.
 
@@ -80,17 +89,23 @@ def evaluate(model: Path, data_root: Path | None, manifest: Path | None, workers
     """
     from ..evaluation import evaluate as run_evaluation
 
+    html = report
     report = run_evaluation(
         model, data=data_root, manifest=manifest, split=split, threshold=threshold,
         bootstrap=bootstrap, seed=seed, device=device, precision=precision,
         batch_size=batch_size, workers=workers, progress=not as_json, cache=cache,
-        preprocess=parse_preprocess(preprocess))
+        preprocess=parse_preprocess(preprocess), tta=tta, by=by)
     roc = None if roc is None else report.save_roc(roc)
     if predictions is not None:
         report.save_predictions(predictions)
+    reliability = None if reliability is None else report.save_reliability(reliability)
+    if html is not None:
+        report.save_report(html)
     result = report.to_dict()
     result["roc"] = None if roc is None else str(roc)
     result["predictions"] = None if predictions is None else str(predictions)
+    result["reliability"] = None if reliability is None else str(reliability)
+    result["report"] = None if html is None else str(html)
     if as_json:
         print_json(result)
         return
@@ -100,6 +115,12 @@ def evaluate(model: Path, data_root: Path | None, manifest: Path | None, workers
         _print_multiclass(title, report.metrics)
     else:
         _print_report(title, report.metrics, report.threshold)
+    cal = report.metrics["calibration"]
+    click.echo(f"calibration: ECE {_fmt(cal['ece'])} (equal-mass bins "
+               f"{_fmt(cal['ece_equal_mass'])}), Brier {_fmt(cal['brier'])}, log loss "
+               f"{_fmt(cal['log_loss'])}")
+    if report.subgroups is not None:
+        _print_subgroups(report.subgroups)
     timing = result["timing"]
     click.echo(f"{timing['scans']} scans: {timing['inference_volumes_per_s'] or 0:.1f} "
                f"volumes/s inference, {timing['total_volumes_per_s'] or 0:.1f} volumes/s in all")
@@ -129,6 +150,25 @@ def _print_report(title: str, report: dict[str, Any], chosen: Any) -> None:
                     else f"[{format_number(ci[0])}, {format_number(ci[1])}]")
             rows.append((f"{name} {boot['level']:.0%} CI", f"{text} ({boot['n_boot']} resamples)"))
     print_table(title, ["metric", "value"], rows)
+
+
+def _print_subgroups(subgroups: dict[str, Any]) -> None:
+    """Each group's counts, AUC and F1 with their bootstrap intervals; the worst group."""
+    def ci(metrics: dict[str, Any], key: str) -> str:
+        interval = (metrics.get("bootstrap") or {}).get(key)
+        return "" if not interval else f" [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+
+    rows = []
+    for name, m in subgroups["groups"].items():
+        auc_key = "auc" if "auc" in m else "macro_auc"
+        rows.append((name, m["n"], _fmt(m[auc_key]) + ci(m, auc_key),
+                     _fmt(m["macro_f1"]) + ci(m, "macro_f1")))
+    print_table(f"by {subgroups['by']} (95% bootstrap intervals)",
+                [subgroups["by"], "scans", "AUC", "macro F1"], rows)
+    worst = subgroups["worst"]
+    if worst is not None:
+        click.echo(f"worst group: {worst['group']} ({worst['metric']} {_fmt(worst['value'])})")
+    click.echo(f"mean of the groups' macro F1: {_fmt(subgroups['mean_group_macro_f1'])}")
 
 
 def _print_multiclass(title: str, report: dict[str, Any]) -> None:

@@ -63,6 +63,16 @@ def preprocess_option(function: F) -> F:
              "crop_border=F (repeatable; see docs/data.md).")(function)
 
 
+def tta_option(function: F) -> F:
+    """--tta for evaluate and predict (`covidzoo.transforms.tta_views`)."""
+    from ..values import TTA_MODES
+
+    return click.option(
+        "--tta", type=click.Choice(TTA_MODES), default="none", show_default=True,
+        help="Test-time augmentation: flip (2 views), flip+shift (6); the mean probability "
+             "over the views, batched on the device.")(function)
+
+
 def parse_preprocess(texts: Sequence[str]) -> dict[str, Any]:
     """The steps of `--preprocess` as `PreprocessConfig` keywords (empty when not given)."""
     from ..data.preprocess import parse_steps

@@ -22,6 +22,7 @@ from .options import (
     print_json,
     print_table,
     runtime_options,
+    tta_option,
     workers_option,
 )
 
@@ -49,13 +50,14 @@ OUT_FORMATS = ("csv", "parquet")
               help="onnx: MODEL is a file from `covidzoo export --format onnx`, run with "
                    "onnxruntime (scans are still read by covidzoo).")
 @workers_option
+@tta_option
 @preprocess_option
 @runtime_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def predict(model: Path, scans: tuple[Path, ...], manifest: Path | None, out: Path | None,
             out_format: str | None, replace: bool, csv_path: Path | None, workers: int | None,
-            backend: str, preprocess: tuple[str, ...], device: str | None, precision: str,
-            batch_size: int, as_json: bool) -> None:
+            backend: str, tta: str, preprocess: tuple[str, ...], device: str | None,
+            precision: str, batch_size: int, as_json: bool) -> None:
     """Probability and label (covid / non-covid) of each raw SCAN under a checkpoint or
     ensemble file MODEL.
 
@@ -69,10 +71,12 @@ def predict(model: Path, scans: tuple[Path, ...], manifest: Path | None, out: Pa
     if steps and (out is not None or backend != "torch"):
         raise BadInputError("--preprocess: not with --out or --backend onnx, which feed each "
                             "model scans preprocessed as its checkpoint records")
+    if tta != "none" and (out is not None or backend != "torch"):
+        raise BadInputError("--tta: not with --out or --backend onnx (one view per scan)")
     if out is None:
         _check_without_out(out_format, replace)
         _predict_table(model, paths, csv_path, device, precision, batch_size, as_json, backend,
-                       steps)
+                       steps, tta)
         return
     if backend != "torch":
         raise BadInputError("--backend onnx: not with --out (archive prediction runs PyTorch)")
@@ -106,7 +110,7 @@ def _check_without_out(out_format: str | None, replace: bool) -> None:
 
 def _predict_table(model: Path, scans: list[Any], csv_path: Path | None, device: str | None,
                    precision: str, batch_size: int, as_json: bool, backend: str = "torch",
-                   steps: dict[str, Any] | None = None) -> None:
+                   steps: dict[str, Any] | None = None, tta: str = "none") -> None:
     if backend == "onnx":
         from ..export import predict_onnx
 
@@ -116,7 +120,8 @@ def _predict_table(model: Path, scans: list[Any], csv_path: Path | None, device:
         from ..evaluation import predict as run_prediction
 
         report = run_prediction(model, scans, device=device, precision=precision,
-                                batch_size=batch_size, progress=not as_json, preprocess=steps)
+                                batch_size=batch_size, progress=not as_json, preprocess=steps,
+                                tta=tta)
     if csv_path is not None:
         report.save_csv(csv_path)
     if as_json:

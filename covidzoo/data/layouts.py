@@ -219,6 +219,25 @@ def _from_manifest(manifest: Path, label_required: bool = True
     return records, classes
 
 
+def manifest_column(manifest: str | os.PathLike[str], column: str) -> dict[str, str]:
+    """The value of `column` for each scan of a manifest, by the scan's resolved path (what
+    `evaluate --by site` groups by); an absent column is bad input naming the columns there
+    are, an empty cell is the group "(none)"."""
+    manifest = Path(manifest)
+    header, rows = _read_csv(manifest)
+    name = column.strip().lower()
+    if name not in header:
+        raise BadInputError(f"--by {column}: {manifest} has no such column (its columns: "
+                            f"{', '.join(header)})")
+    out = {}
+    for row in rows:
+        row = {k.strip().lower(): (v or "") for k, v in row.items() if k is not None}
+        if row.get("path", "").strip():
+            path = str((manifest.parent / row["path"].strip()).resolve())
+            out[path] = row.get(name, "").strip() or "(none)"
+    return out
+
+
 def read_manifest(
     manifest: str | os.PathLike[str], label_required: bool = True
 ) -> list[ScanRecord]:

@@ -334,6 +334,42 @@ def phantom_with_lungs(rng: np.random.Generator, shape: tuple[int, int, int], co
     return hu, turned >= 0.5
 
 
+def phantom_with_findings(rng: np.random.Generator, shape: tuple[int, int, int],
+                          covid: bool | str, anatomy: np.random.Generator | None = None,
+                          lesions: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A scan and where its labelled findings are: a bool mask of `shape`, the voxels inside
+    the lungs to which the findings added density (their edge ramps too), turned with the scan
+    by the scanner's in-plane rotation. The ground truth an explanation map is checked against.
+
+    With `lesions=None` the scan is `phantom(rng, shape, covid, anatomy)`, voxel for voxel.
+    `lesions=N` (with `covid=True`) draws N round lesions instead of covid's 8 to 14, as
+    `_findings` draws each: a scan with one lesion has one place a covid model should point to.
+    """
+    from scipy import ndimage
+
+    if lesions is not None and (covid is not True or lesions < 0):
+        raise BadInputError(f"lesions={lesions} draws that many round (covid) lesions: it "
+                            "takes covid=True and a count of at least 0")
+    anatomy = rng if anatomy is None else anatomy
+    canvas = _Canvas(tuple(shape))
+    vol, mask, lungs, scanner = _anatomy(anatomy, canvas)
+    canvas.mask = mask
+    before = canvas.added.copy()  # vessels, fissures and nodules: anatomy, not findings
+    if lesions is None:
+        _findings(rng, canvas, lungs, covid)
+    for _ in range(lesions or 0):
+        lung = lungs[int(rng.integers(2))]
+        size, amplitude = rng.uniform(0.1, 0.14), rng.uniform(480, 680)
+        canvas.ellipsoid(lung.point(rng, (0.2, 0.6), (-0.55, 0.55)),
+                         size * rng.uniform(0.92, 1.08, 3), _rotation(rng), amplitude)
+    vol += np.where(mask, canvas.added, np.float32(0.0))
+    hu = _scan(vol, anatomy, scanner).astype(np.float32, copy=False)
+    found = (canvas.added > before) & mask
+    turned = ndimage.rotate(found.astype(np.float32), scanner["rotation"], axes=(1, 2),
+                            reshape=False, order=1, mode="constant", cval=0.0)
+    return hu, turned >= 0.5
+
+
 def _window_uint8(hu: np.ndarray) -> np.ndarray:
     level, width = LUNG_WINDOW
     unit = np.clip((hu - (level - width / 2)) / width, 0.0, 1.0)
