@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from cli_helpers import THREE, TINY, cli_runner, ok_json, one_line_error
 from sklearn.metrics import (
     confusion_matrix,
     f1_score,
@@ -24,45 +24,6 @@ from sklearn.metrics import (
 from covidzoo.data.layouts import BINARY_CLASSES, find_labelled
 from covidzoo.errors import BadInputError
 from covidzoo.multiclass_metrics import multiclass_report
-
-TINY = ("regnet3d", "--depths", "1,1,1,1", "--widths", "8,16,16,32", "--stem-width", "8",
-        "--size", "8,32,32", "--epochs", "1", "--batch-size", "4", "--device", "cpu")
-THREE = ["covid", "non-covid", "pneumonia"]
-
-
-def cli_runner(cache: Path):
-    """Run the CLI in-process with covidzoo's cache in `cache`, torch's threads kept."""
-    import torch
-
-    from covidzoo.cli import cli
-
-    runner = CliRunner()
-
-    def run(*args: object):
-        threads = torch.get_num_threads()
-        try:
-            return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False,
-                                 env={"COVIDZOO_CACHE": str(cache), "COLUMNS": "200"})
-        finally:
-            torch.set_num_threads(threads)
-
-    return run
-
-
-def one_line_error(result, *needles: str) -> str:
-    """Exit 2 with exactly one line on stderr holding every needle."""
-    assert result.exit_code == 2, (result.output, result.exception)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, lines
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
-
-
-def ok_json(result) -> dict:
-    assert result.exit_code == 0, (result.output, result.exception)
-    return json.loads(result.stdout)
-
 
 # --- where the classes come from ----------------------------------------------------------------
 
