@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.preprocess import Geometry, PreprocessConfig, prepare_scan
+from .data.preprocess import Geometry, prepare_scan
 from .data.volume import Volume
 from .errors import BadInputError, one_line
 from .factory import spatial_dims
@@ -128,19 +128,6 @@ def class_probability(probs: torch.Tensor, target: int) -> torch.Tensor:
 
 
 # --- from the model input back to the scan ------------------------------------------------------
-
-
-def placement(volume: Volume, cfg: PreprocessConfig
-              ) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    """Where the source box lands in the model input: `(offset, extent)` per axis. The whole
-    input for `fit=stretch`; for `fit=pad`, the part that is not padding (as `prepare_scan`
-    planned it: planned again, since `Geometry` records the source side only)."""
-    if cfg.fit == "stretch":
-        return (0, 0, 0), cfg.size
-    from .data.preprocess import _plan
-
-    plan = _plan(volume, cfg)
-    return plan.offset, plan.extent
 
 
 def to_scan_grid(heat: np.ndarray, shape: Sequence[int], box: Sequence[Sequence[int]],
@@ -283,8 +270,8 @@ class Explainer:
         else:
             cam = grad_cam(self.backbone, x, score, name)
             heat = cam.heat[0].cpu().numpy()
-        offset, extent = placement(volume, cfg)
-        heat = normalised(to_scan_grid(heat, volume.shape, geometry.box, offset, extent))
+        heat = normalised(to_scan_grid(heat, volume.shape, geometry.box, geometry.offset,
+                                       geometry.extent))
         peak = None if not heat.any() else tuple(
             int(i) for i in np.unravel_index(int(heat.argmax()), heat.shape))
         return ScanMap(heat, peak, self.classes[target],  # type: ignore[arg-type]
@@ -742,7 +729,6 @@ __all__ = [
     "explain",
     "grad_cam",
     "normalised",
-    "placement",
     "save_nifti_like",
     "save_npy",
     "scan_names",

@@ -408,8 +408,6 @@ class Predictor:
 
     def without_calibration(self) -> None:
         """Forget every fitted temperature (what `calibrate` fits anew from)."""
-        from dataclasses import replace
-
         self.temperature = None
         for member in self.members:
             member.spec = replace(member.spec, temperature=None)
@@ -419,16 +417,13 @@ class Predictor:
         `--preprocess` gives them) instead of as its checkpoint records; a note per member
         whose preprocessing this changes, saying from what (its figures are then those of
         inputs it did not learn from)."""
-        from dataclasses import replace
-
         from .data.preprocess import describe
 
         notes = []
         for member in self.members if steps else ():
             trained = member.preprocess
             try:
-                now = replace(trained, **{"fit": None, **steps}
-                              if "spacing" in steps and "fit" not in steps else steps)
+                now = trained.with_steps(steps)
             except BadInputError as exc:
                 raise BadInputError(f"--preprocess: {exc}") from None
             if now != trained:

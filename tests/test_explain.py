@@ -294,14 +294,12 @@ def test_a_map_carried_back_lands_where_the_input_came_from(tmp_path, steps, siz
     """The model input itself, carried back as if it were a map, matches the windowed scan
     inside the source box (a voxel's shift drops the correlation to about 0.85): the geometry
     is inverted right, for stretch and for fit=pad."""
-    from covidzoo.explain import placement
-
     shape = (20, 48, 40)
     np.save(tmp_path / "s.npy", phantom(np.random.default_rng(4), shape, True))
     volume = read_scan(tmp_path / "s.npy")
     cfg = PreprocessConfig(size=size, **steps)
     array, geometry = prepare_scan(volume, cfg)
-    offset, extent = placement(volume, cfg)
+    offset, extent = geometry.offset, geometry.extent
     assert cfg.fit == "stretch" or extent != size  # padding: the box is not all of the input
     back = to_scan_grid(array.astype(np.float32) / 255, shape, geometry.box, offset, extent)
     level, width = cfg.window

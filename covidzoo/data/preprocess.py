@@ -151,10 +151,14 @@ class PreprocessConfig:
         spelling: `crop=lungs,slices=lungs,spacing=1.5,1.5,3,window=-600,1500`. A value of
         several numbers runs on after commas; keys are the field names (`-` may stand for `_`);
         `size` has its own flag (`--size`). Several texts (a repeated flag) are read in order."""
-        steps = parse_steps(text, flag)
+        return (base or cls()).with_steps(parse_steps(text, flag))
+
+    def with_steps(self, steps: dict[str, Any]) -> PreprocessConfig:
+        """This config with `steps` (`PreprocessConfig` keywords) changed; a new `spacing`
+        without a `fit` resolves `fit` again from it."""
         if "spacing" in steps and "fit" not in steps:
-            steps["fit"] = None  # resolved again from the new spacing
-        return replace(base or cls(), **steps)
+            steps = {**steps, "fit": None}
+        return replace(self, **steps)
 
     def changed(self, other: PreprocessConfig) -> dict[str, tuple[Any, Any]]:
         """`{key: (self's value, other's value)}` where the two differ, in field order."""
@@ -231,19 +235,24 @@ class Geometry:
     """Where a model input came from in its scan.
 
     `box`: the source ranges `[(z0, z1), (y0, y1), (x0, x1)]` (slices, rows, columns) the
-    input shows; `source_slices`: for each input slice, the nearest source slice (-1 where the
-    input is padding), so that per-slice scores map back to the scan's own slice numbers;
-    `lungs`: `covidzoo.data.lungs.lung_facts` of the coarse lung mask (None when no lungs were
-    looked for), with `found` False when the scan showed none.
+    input shows; `offset` and `extent`: where that box lands in the input, per axis (the whole
+    input for `fit=stretch`; with `fit=pad` the rest is padding); `source_slices`: for each
+    input slice, the nearest source slice (-1 where the input is padding), so that per-slice
+    scores map back to the scan's own slice numbers; `lungs`: `covidzoo.data.lungs.lung_facts`
+    of the coarse lung mask (None when no lungs were looked for), with `found` False when the
+    scan showed none.
     """
 
     box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
     source_slices: tuple[int, ...]
     lungs: dict[str, Any] | None = None
+    offset: tuple[int, int, int] = (0, 0, 0)
+    extent: tuple[int, int, int] | None = None  # None: the whole input
 
     def to_dict(self) -> dict[str, Any]:
         return {"box": [list(b) for b in self.box], "source_slices": list(self.source_slices),
-                "lungs": self.lungs}
+                "lungs": self.lungs, "offset": list(self.offset),
+                "extent": None if self.extent is None else list(self.extent)}
 
 
 @dataclass(frozen=True)
@@ -492,7 +501,8 @@ def prepare_scan(volume: Volume, cfg: PreprocessConfig | None = None
     unit *= 255  # in place: no float temporaries the size of the output
     unit += 0.5
     array = np.clip(unit, 0, 255, out=unit).astype(np.uint8)
-    return array, Geometry(plan.box, _source_slices(plan, cfg.size[0]), plan.lungs)
+    return array, Geometry(plan.box, _source_slices(plan, cfg.size[0]), plan.lungs,
+                           plan.offset, plan.extent)
 
 
 def preprocess(volume: Volume, cfg: PreprocessConfig | None = None) -> np.ndarray:
