@@ -49,14 +49,20 @@ class CalibrationReport:
     after: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
+        from .stats import T_MAX, T_MIN
+
+        note = (f"fitted on these {self.scans} scans of {self.split}: the figures after are "
+                "in-sample (optimistic); evaluate on other labelled scans")
+        if self.temperature <= T_MIN * 1.001 or self.temperature >= T_MAX * 0.999:
+            note += (f"; the temperature is at the edge of its search range ({T_MIN:g} to "
+                     f"{T_MAX:g}): these scans barely constrain it")
         return {
             "model": str(self.model), "out": str(self.out), "kind": self.kind,
             "data": self.data, "split": self.split, "scans": self.scans,
             "temperature": self.temperature,
             "threshold": {"before": self.threshold_before, "after": self.threshold_after},
             "before": self.before, "after": self.after,
-            "note": (f"fitted on these {self.scans} scans of {self.split}: the figures after "
-                     "are in-sample (optimistic); evaluate on other labelled scans"),
+            "note": note,
         }
 
 

@@ -272,3 +272,15 @@ def test_by_needs_a_manifest_column(inference_env, invoke, tmp_path):
     line = one_line(invoke, "evaluate", str(inference_env.a), "--manifest", str(manifest),
                     "--by", "scanner")
     assert "--by scanner" in line and "its columns: path, label, split, site" in line
+
+
+def test_a_temperature_at_the_edge_of_its_range_is_said(tmp_path):
+    from covidzoo.calibration import CalibrationReport
+
+    def note(temperature: float) -> str:
+        return CalibrationReport(tmp_path, tmp_path, "checkpoint", "d", "val", 4, temperature,
+                                 None, None, {}, {}).to_dict()["note"]
+
+    assert "edge of its search range" in note(20.0)
+    assert "edge of its search range" in note(0.05)
+    assert "edge" not in note(1.7)
