@@ -598,13 +598,13 @@ class EnsembleReport:
     names: list[str]
     members: list[Member]
     ensembler: Any
-    threshold: float
+    threshold: float | None  # None: classes, each scan's prediction its most probable class
     data: EvalData
     fit_split: str
     split: str
     labels: NDArray[np.int64]
-    probs: NDArray[np.float64]  # n_scans x n_members, on `split`
-    fused: NDArray[np.float64]
+    probs: NDArray[np.float64]  # n_scans x n_members (x classes), on `split`
+    fused: NDArray[np.float64]  # n_scans (x classes)
     member_reports: list[dict[str, Any]]
     fusion: dict[str, Any]
     estimate: str
@@ -618,6 +618,12 @@ class EnsembleReport:
     def optimistic(self) -> bool:
         """Whether the fusion's figures are in-sample."""
         return self.estimate == "in-sample"
+
+    @property
+    def multiclass(self) -> bool:
+        """Whether the members score classes (`member_reports` and `fusion` are then
+        `multiclass_report`s) rather than covid probabilities (`binary_report`s)."""
+        return self.threshold is None
 
     @property
     def weights(self) -> list[float] | None:
@@ -635,6 +641,16 @@ class EnsembleReport:
         None (and a note) when the fusion's AUC is undefined on these scans."""
         from .plots import Curve, save_roc_png
 
+        if self.multiclass:  # the fusion's one-vs-rest curve of each class that has one
+            curves = [Curve.from_scores(name, self.labels == k, self.fused[:, k])
+                      for k, name in enumerate(self.fusion["classes"])
+                      if self.fusion["per_class"][name]["auc"] is not None]
+            if not curves:
+                self.notes.append("no ROC plot: no class has both its scans and others")
+                return None
+            return save_roc_png(path, curves, title=f"{self.method} fusion of "
+                                f"{len(self.checkpoints)} models on {self.split}, one class "
+                                "against the rest")
         if self.fusion["auc"] is None:
             self.notes.append(f"no ROC plot: {self.fusion['undefined']['auc']}")
             return None
@@ -715,12 +731,10 @@ def fit_ensemble(
     workers = resolve_workers(workers, target)
     members = [load_member(p, target, precision) for p in paths]
     check_members(members)
-    if not members[0].binary:
-        raise BadInputError(
-            f"{len(members[0].classes)} classes: `covidzoo ensemble` fits fusions of covid "
-            "probabilities and their threshold; `covidzoo cv` saves the mean of its fold models' "
-            "class probabilities as an ensemble file")
     split = split or default_ensemble_split(data, manifest, fit_split)
+    if not members[0].binary:
+        return _class_mean_ensemble(paths, members, ensembler, data, manifest, fit_split, split,
+                                    seed, batch_size, workers, progress)
     scans = load_eval_data(members, data, manifest, [fit_split, split], workers, progress)
     fit_rows, rows = scans.indices(fit_split), scans.indices(split)
     fit_labels, labels = scans.labels[fit_rows], scans.labels[rows]
@@ -763,6 +777,45 @@ def fit_ensemble(
         notes=_ensemble_notes(estimate, fit_split, split, n_folds, seed, bool(inside.all()),
                               selection_biased),
     )
+
+
+def _class_mean_ensemble(paths: list[Path], members: list[Member], ensembler: Any,
+                         data: PathLike | None, manifest: PathLike | None, fit_split: str,
+                         split: str, seed: int, batch_size: int, workers: int,
+                         progress: bool) -> EnsembleReport:
+    """The multi-class ensemble: the mean of the members' class probabilities, the fusion of
+    the 3D RegNet paper and the only one defined for classes. It has no parameters and no
+    threshold (a scan's prediction is its most probable class), so nothing is fit on
+    `fit_split` and every figure on `split` is held out from the fusion."""
+    from .multiclass_metrics import multiclass_report
+
+    classes = members[0].classes
+    if ensembler.method != "mean":
+        raise BadInputError(f"--method {ensembler.method}: with {len(classes)} classes the "
+                            "ensemble averages the members' class probabilities (--method "
+                            "mean); the other ensemblers fuse covid probabilities")
+    scans = load_eval_data(members, data, manifest, [split], workers, progress)
+    rows = scans.indices(split)
+    if not len(rows):
+        raise BadInputError(f"no labelled scans in split '{split}' of {scans.source}")
+    labels = scans.labels[rows]
+    probs, _ = member_probs(members, scans, rows, batch_size, workers)  # n x members x K
+    fused = probs.mean(axis=1)
+    ensembler.n_models = len(members)  # the mean's whole fitted state, as `cv` saves it
+    selection_biased = any(scans.splits[r] == SELECTION_SPLIT for r in rows)
+    notes = [f"{len(classes)} classes: the fusion is the mean of the members' class "
+             "probabilities, with no fitted parameters and no threshold (each scan's prediction "
+             f"is its most probable class), so --fit-split '{fit_split}' is unused and --folds "
+             "do not apply"]
+    notes += _ensemble_notes("held-out", fit_split, split, None, seed, False, selection_biased)
+    return EnsembleReport(
+        method=ensembler.method, checkpoints=paths, names=member_names(paths), members=members,
+        ensembler=ensembler, threshold=None, data=scans, fit_split=fit_split, split=split,
+        labels=labels, probs=probs, fused=fused,
+        member_reports=[multiclass_report(labels, probs[:, k], classes)
+                        for k in range(len(members))],
+        fusion=multiclass_report(labels, fused, classes), estimate="held-out", folds=None,
+        seed=seed, fold_thresholds=[], selection_biased=selection_biased, notes=notes)
 
 
 def _ensemble_notes(estimate: str, fit_split: str, split: str, folds: int | None, seed: int,

@@ -494,10 +494,52 @@ def test_an_ensemble_file_of_binary_and_three_class_members_is_one_line(study):
     one_line_error(result, "members have different classes")
 
 
-def test_the_ensemble_command_refuses_three_classes(study):
+def test_the_ensemble_command_averages_class_probabilities(study, tmp_path):
+    """`covidzoo ensemble` of three-class members: the fusion is the mean of their class
+    probabilities, its figures scikit-learn's on that mean, and --save writes the ensemble file
+    that `evaluate` reads back to the same fused probabilities."""
+    members = [study.run3 / "best.safetensors", study.run3 / "last.safetensors"]
+    each = []
+    for k, member in enumerate(members):
+        out = tmp_path / f"member{k}.csv"
+        ok_json(study.run("evaluate", member, "--data", study.three, "--split", "val",
+                          "--predictions", out, "--json"))
+        each.append(_predictions(out))
+    labels, classes = each[0][1], each[0][3]
+    mean = np.mean([probs for _, _, probs, _ in each], axis=0)
+    saved = tmp_path / "three.json"
+    result = ok_json(study.run("ensemble", *members, "--data", study.three, "--split", "val",
+                               "--save", saved, "--json"))
+    assert result["threshold"] is None and result["estimate"] == "held-out"
+    assert any("mean of the members' class probabilities" in n for n in result["notes"])
+    fusion = result["fusion"]
+    assert fusion["classes"] == classes == THREE
+    assert fusion["macro_auc"] == pytest.approx(
+        roc_auc_score(labels, mean, multi_class="ovr", average="macro"), abs=1e-9)
+    assert fusion["macro_f1"] == pytest.approx(
+        f1_score(labels, mean.argmax(1), average="macro"), abs=1e-9)
+    assert fusion["confusion_matrix"] == confusion_matrix(labels, mean.argmax(1)).tolist()
+    for k, member in enumerate(result["members"]):
+        assert member["macro_auc"] == pytest.approx(
+            roc_auc_score(labels, each[k][2], multi_class="ovr", average="macro"), abs=1e-9)
+
+    out = tmp_path / "fused.csv"
+    ok_json(study.run("evaluate", saved, "--data", study.three, "--split", "val",
+                      "--predictions", out, "--json"))
+    np.testing.assert_allclose(_predictions(out)[2], mean, atol=1e-6)
+
+    table = study.run("ensemble", *members, "--data", study.three, "--split", "val", "--roc",
+                      tmp_path / "roc.png")
+    assert table.exit_code == 0, table.output
+    assert "macro AUC" in table.stdout and "confusion matrix" in table.stdout
+    assert (tmp_path / "roc.png").stat().st_size > 0
+
+
+def test_the_ensemble_command_refuses_a_covid_fusion_of_three_classes(study):
     result = study.run("ensemble", study.run3 / "best.safetensors",
-                       study.run3 / "last.safetensors", "--data", study.three)
-    one_line_error(result, "3 classes", "covidzoo cv")
+                       study.run3 / "last.safetensors", "--data", study.three, "--method",
+                       "weighted")
+    one_line_error(result, "--method weighted", "3 classes", "--method mean")
 
 
 def test_threshold_youden_is_refused_for_three_classes(study):

@@ -224,6 +224,9 @@ def ensemble(checkpoints: tuple[Path, ...], data_root: Path | None, manifest: Pa
              precision: str, batch_size: int, as_json: bool) -> None:
     """Fuse the covid probabilities of CHECKPOINTS and compare the fusion with each member.
 
+    Models of three or more classes are fused by the mean of their class probabilities
+    (--method mean), which fits nothing: the figures are per-class and macro/micro averages.
+
     The ensembler is fit on --fit-split and the threshold is the Youden point of the fused
     probabilities there (what --save writes); members get their own Youden points there. The
     figures are held out (scored on another split, by default the labelled test split) or,
@@ -247,6 +250,8 @@ def ensemble(checkpoints: tuple[Path, ...], data_root: Path | None, manifest: Pa
         return
     _report_failed(report.data.failed)
     print_table(_ensemble_title(report), _ensemble_header(report), _ensemble_rows(report))
+    if report.multiclass:
+        _print_multiclass(f"{report.method} fusion on {report.split}", report.fusion)
     if save is not None:
         click.echo(f"saved {save}")
     for note in report.notes + [f"{k}: {v}" for k, v in report.fusion["undefined"].items()]:
@@ -263,6 +268,8 @@ def _ensemble_title(report: Any) -> str:
 
 def _ensemble_header(report: Any) -> list[str]:
     weight = [] if report.weights is None else ["weight"]
+    if report.multiclass:
+        return ["model", *weight, "macro AUC", "micro AUC", "macro F1", "accuracy"]
     return ["model", *weight, "AUC", "F1", "macro F1", "threshold"]
 
 
@@ -272,6 +279,9 @@ def _ensemble_rows(report: Any) -> list[tuple[str, ...]]:
         return "per fold" if r["threshold"] is None else _fmt(r["threshold"])
 
     def metrics(r: dict[str, Any]) -> tuple[str, ...]:
+        if report.multiclass:
+            return (_fmt(r["macro_auc"]), _fmt(r["micro_auc"]), _fmt(r["macro_f1"]),
+                    _fmt(r["accuracy"]))
         return _fmt(r["auc"]), _fmt(r["f1"]), _fmt(r["macro_f1"]), threshold(r)
 
     mark = " *" if report.selection_biased else ""
