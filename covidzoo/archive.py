@@ -53,7 +53,10 @@ from .runtime import (
 PathLike = str | os.PathLike[str]
 
 FORMATS = ("csv", "parquet")
+# The columns of a binary model's --out; a model of three or more classes has
+# `class_columns(classes)`.
 COLUMNS = ("scan", "probability", "label", "threshold", "model_hash")
+CLASS_PREFIX = "p_"
 ERROR_COLUMNS = ("scan", "reason", "model_hash")
 # Unreadable scans of `--out NAME.EXT` go to `NAME.errors.csv` beside it: per --out, so that two
 # jobs writing to one folder never share (or clean up) each other's errors.
@@ -88,6 +91,30 @@ def manifest_scans(manifest: PathLike) -> list[str]:
     from .data.layouts import read_manifest
 
     return [str(record.path) for record in read_manifest(manifest, label_required=False)]
+
+
+def prediction_columns(classes: Sequence[str]) -> tuple[str, ...]:
+    """The columns of --out for a model of `classes`: `COLUMNS` for two; for three or more,
+    the scan, its most probable class (`label`) and that class's probability, every class's
+    probability (`p_CLASS`, in class order) and the model hash."""
+    if len(classes) <= 2:
+        return COLUMNS
+    return ("scan", "label", "probability", *(CLASS_PREFIX + c for c in classes), "model_hash")
+
+
+def _is_predictions_header(columns: Sequence[str]) -> bool:
+    """Whether `columns` are those of some model's --out (binary or of classes): another
+    model's file, which --replace may replace, rather than a file predict never wrote."""
+    columns = list(columns)
+    if columns == list(COLUMNS):
+        return True
+    classes = columns[3:-1]
+    return (columns[:3] == ["scan", "label", "probability"] and columns[-1:] == ["model_hash"]
+            and len(classes) >= 3 and all(c.startswith(CLASS_PREFIX) for c in classes))
+
+
+def _is_number_column(column: str) -> bool:
+    return column in ("probability", "threshold") or column.startswith(CLASS_PREFIX)
 
 
 def _distinct(scans: Sequence[PathLike]) -> list[str]:
@@ -131,11 +158,15 @@ def _complete_lines(path: Path) -> bytes:
     return data[:data.rfind(b"\n") + 1]
 
 
-def _read_csv_rows(path: Path, columns: Sequence[str], complete_only: bool) -> list[Row]:
+def _read_csv_rows(path: Path, columns: Sequence[str] | None, complete_only: bool) -> list[Row]:
+    """The whole rows of a CSV of `columns` (None: of any model's predictions, whose rows the
+    callers then keep or drop by `model_hash`)."""
     data = _complete_lines(path) if complete_only else path.read_bytes()
     text = data.decode("utf-8", errors="replace" if complete_only else "strict")
     reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is not None and list(reader.fieldnames) != list(columns):
+    fields = reader.fieldnames
+    if fields is not None and not (_is_predictions_header(fields) if columns is None
+                                   else list(fields) == list(columns)):
         raise BadInputError(f"{path}: not a predictions file of covidzoo predict (columns "
                             f"{','.join(reader.fieldnames)}); give another --out")
     return [row for row in reader if None not in row and None not in row.values()]
@@ -148,7 +179,7 @@ def _read_parquet_rows(path: Path) -> list[Row]:
         table = pq.read_table(path)
     except Exception as exc:  # pyarrow's errors name no common class
         raise BadInputError(f"{path}: not a Parquet file ({one_line(exc)})") from exc
-    if table.column_names != list(COLUMNS):
+    if not _is_predictions_header(table.column_names):
         raise BadInputError(f"{path}: not a predictions file of covidzoo predict (columns "
                             f"{','.join(table.column_names)}); give another --out")
     return [{k: repr(v) if isinstance(v, float) else str(v) for k, v in row.items()}
@@ -156,39 +187,37 @@ def _read_parquet_rows(path: Path) -> list[Row]:
 
 
 def read_predictions(out: Path, fmt: str) -> list[Row]:
-    """The rows of an existing --out (none when there is none yet)."""
+    """The rows of an existing --out, of whichever model (none when there is none yet)."""
     if not out.exists():
         return []
     if fmt == "parquet":
         return _read_parquet_rows(out)
     try:
-        return _read_csv_rows(out, COLUMNS, complete_only=False)
+        return _read_csv_rows(out, None, complete_only=False)
     except UnicodeDecodeError as exc:
         raise BadInputError(f"{out}: not a CSV predictions file ({exc.reason})") from exc
 
 
-def _read_parts(target: Path, columns: Sequence[str]) -> list[Row]:
+def _read_parts(target: Path, columns: Sequence[str] | None) -> list[Row]:
     rows: list[Row] = []
     for path in part_paths(target):
         rows += _read_csv_rows(path, columns, complete_only=True)
     return rows
 
 
-def _write_predictions(out: Path, rows: Sequence[Row], fmt: str) -> None:
+def _write_predictions(out: Path, rows: Sequence[Row], fmt: str,
+                       columns: Sequence[str]) -> None:
     if fmt == "parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         table = pa.table({
-            "scan": pa.array([r["scan"] for r in rows], pa.string()),
-            "probability": pa.array([float(r["probability"]) for r in rows], pa.float64()),
-            "label": pa.array([r["label"] for r in rows], pa.string()),
-            "threshold": pa.array([float(r["threshold"]) for r in rows], pa.float64()),
-            "model_hash": pa.array([r["model_hash"] for r in rows], pa.string()),
-        })
+            c: pa.array([float(r[c]) for r in rows], pa.float64()) if _is_number_column(c)
+            else pa.array([r[c] for r in rows], pa.string())
+            for c in columns})
         atomic_write(out, lambda tmp: pq.write_table(table, tmp))
         return
-    atomic_write_text(out, _csv_text(COLUMNS, rows))
+    atomic_write_text(out, _csv_text(columns, rows))
 
 
 def _csv_text(columns: Sequence[str], rows: Sequence[Row]) -> str:
@@ -220,7 +249,12 @@ class PartWriter:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self.path.exists():
-                whole = len(_complete_lines(self.path))
+                # Another model's part of other columns (left by a killed run, here because
+                # --replace was given: see `make_plan`) would mix two headers' rows: its rows
+                # are dropped at the merge anyway, so the file starts afresh.
+                header = self.path.read_bytes().split(b"\n", 1)[0].decode(errors="replace")
+                whole = (len(_complete_lines(self.path))
+                         if header.rstrip("\r") == ",".join(self.columns) else 0)
                 with self.path.open("r+b") as fh:
                     fh.truncate(whole)
             self._fh = self.path.open("a", newline="", encoding="utf-8")
@@ -261,7 +295,7 @@ def make_plan(scans: Sequence[str], out: Path, fmt: str, model: str, replace: bo
     errors parts of earlier runs are dropped."""
     done = np.zeros(len(scans), dtype=bool)
     try:
-        rows = read_predictions(out, fmt) + _read_parts(out, COLUMNS)
+        rows = read_predictions(out, fmt) + _read_parts(out, None)
     except BadInputError as exc:
         return Plan(done, str(exc))
     others = _other_models(rows, model)
@@ -381,12 +415,23 @@ def batch_probabilities(predictor: Predictor, batch: ReadBatch) -> np.ndarray:
     return predictor.fuse(np.stack(columns, axis=1))
 
 
-def prediction_rows(scans: Sequence[str], probs: np.ndarray, threshold: Threshold,
-                    model: str) -> list[Row]:
-    return [{"scan": scan, "probability": repr(float(p)),
-             "label": "covid" if p >= threshold.value else "non-covid",
-             "threshold": repr(float(threshold.value)), "model_hash": model}
-            for scan, p in zip(scans, probs, strict=True)]
+def prediction_rows(scans: Sequence[str], probs: np.ndarray, classes: Sequence[str],
+                    threshold: Threshold | None, model: str) -> list[Row]:
+    """The rows of `prediction_columns(classes)`: binary, the covid probability and the label at
+    `threshold`; classes (`threshold` None), the most probable class and every class's
+    probability."""
+    if threshold is not None:
+        return [{"scan": scan, "probability": repr(float(p)),
+                 "label": "covid" if p >= threshold.value else "non-covid",
+                 "threshold": repr(float(threshold.value)), "model_hash": model}
+                for scan, p in zip(scans, probs, strict=True)]
+    from .multiclass_metrics import predicted
+
+    top = predicted(probs) if len(probs) else np.empty(0, dtype=np.int64)
+    return [{"scan": scan, "label": classes[k], "probability": repr(float(p[k])),
+             **{CLASS_PREFIX + c: repr(float(v)) for c, v in zip(classes, p, strict=True)},
+             "model_hash": model}
+            for scan, p, k in zip(scans, probs, top, strict=True)]
 
 
 def _kill_after() -> int | None:
@@ -395,7 +440,7 @@ def _kill_after() -> int | None:
 
 
 def predict_share(predictor: Predictor, scans: Sequence[str], out: Path, dist: Dist,
-                  threshold: Threshold, model: str, batch_size: int, workers: int,
+                  threshold: Threshold | None, model: str, batch_size: int, workers: int,
                   progress: bool) -> dict[str, float]:
     """Predict this rank's scans, appending each batch's rows to its part files; returns the
     rank's profile (`PROFILE_KEYS`)."""
@@ -403,7 +448,8 @@ def predict_share(predictor: Predictor, scans: Sequence[str], out: Path, dist: D
 
     profile = dict.fromkeys(PROFILE_KEYS, 0.0)
     kill_after = _kill_after()
-    with (PartWriter(part_path(out, dist.rank), COLUMNS) as rows_out,
+    classes = predictor.classes
+    with (PartWriter(part_path(out, dist.rank), prediction_columns(classes)) as rows_out,
           PartWriter(part_path(errors_path(out), dist.rank), ERROR_COLUMNS) as errors_out,
           progress_bar(len(scans), "predicting", enabled=progress and dist.main,
                        rate_unit="scans") as advance):
@@ -411,7 +457,7 @@ def predict_share(predictor: Predictor, scans: Sequence[str], out: Path, dist: D
             start = time.perf_counter()
             probs = batch_probabilities(predictor, batch) if batch.scans else np.empty(0)
             profile["model_s"] += time.perf_counter() - start
-            rows_out.write(prediction_rows(batch.scans, probs, threshold, model))
+            rows_out.write(prediction_rows(batch.scans, probs, classes, threshold, model))
             errors_out.write([{"scan": s, "reason": r, "model_hash": model}
                               for s, r in batch.failed])
             for key in ("read_s", "preprocess_s"):
@@ -427,18 +473,19 @@ def predict_share(predictor: Predictor, scans: Sequence[str], out: Path, dist: D
 # --- merging -----------------------------------------------------------------------------------
 
 
-def merge(scans: Sequence[str], out: Path, fmt: str, model: str) -> tuple[int, int]:
+def merge(scans: Sequence[str], out: Path, fmt: str, model: str,
+          columns: Sequence[str]) -> tuple[int, int]:
     """Write --out from its earlier rows and every part file, in manifest order (scans --out
     held that this manifest does not list keep their place after them), and the errors file
     from the errors parts; then delete the parts. Another model's rows (only there with
     `replace`) are dropped. Returns (rows written, failed scans)."""
     earlier = [r for r in read_predictions(out, fmt) if r["model_hash"] == model]
-    new = [r for r in _read_parts(out, COLUMNS) if r["model_hash"] == model]
+    new = [r for r in _read_parts(out, None) if r["model_hash"] == model]
     by_scan = {r["scan"]: r for r in earlier + new}
     listed = set(scans)
     rows = [by_scan[s] for s in scans if s in by_scan]
     rows += [r for r in earlier if r["scan"] not in listed]
-    _write_predictions(out, rows, fmt)
+    _write_predictions(out, rows, fmt, columns)
     failed = {r["scan"]: r for r in _read_parts(errors_path(out), ERROR_COLUMNS)
               if r["scan"] not in by_scan}
     _write_errors(errors_path(out), [failed[s] for s in scans if s in failed])
@@ -468,7 +515,7 @@ class ArchiveReport:
     model_hash: str
     out: Path
     format: str
-    threshold: Threshold
+    threshold: Threshold | None  # None: classes, each scan's label its most probable one
     scans: int
     already_done: int
     rows: int
@@ -489,7 +536,9 @@ class ArchiveReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": str(self.model), "model_hash": self.model_hash, "out": str(self.out),
-            "format": self.format, "threshold": self.threshold.to_dict(), "scans": self.scans,
+            "format": self.format,
+            "threshold": None if self.threshold is None else self.threshold.to_dict(),
+            "scans": self.scans,
             "already_done": self.already_done, "predicted": self.predicted,
             "failed": self.failed, "rows": self.rows,
             "errors": None if self.errors is None else str(self.errors),
@@ -561,15 +610,11 @@ def _run(model: Path, scans: list[str], out: Path, fmt: str, replace: bool, dist
          device: Any, precision: str, batch_size: int, workers: int, progress: bool,
          started: float) -> ArchiveReport | None:
     predictor = load_predictor(model, device, precision)
-    if len(predictor.classes) > 2:
-        raise BadInputError(f"{model}: a model of {len(predictor.classes)} classes; archive "
-                            "prediction (--out) writes covid probabilities (two classes): "
-                            "predict without --out lists every class's")
     digest = model_hash(predictor)
     plan = share_plan(dist, make_plan(scans, out, fmt, digest, replace) if dist.main else None)
     if plan.error is not None:
         raise BadInputError(plan.error)
-    threshold = stored_threshold(predictor)
+    threshold = stored_threshold(predictor) if len(predictor.classes) == 2 else None
     mine = my_scans(scans, plan.done, dist)
     profile = predict_share(predictor, mine, out, dist, threshold, digest, batch_size, workers,
                             progress)
@@ -577,11 +622,11 @@ def _run(model: Path, scans: list[str], out: Path, fmt: str, replace: bool, dist
     if not dist.main:
         return None
     profile = wait_for_ranks(out, dist)
-    rows, failed = merge(scans, out, fmt, digest)
+    rows, failed = merge(scans, out, fmt, digest, prediction_columns(predictor.classes))
     return ArchiveReport(model, digest, out, fmt, threshold, len(scans), int(plan.done.sum()),
                          rows, failed, dist.world, workers, time.perf_counter() - started,
                          profile)
 
 
 __all__ = ["COLUMNS", "ERRORS_SUFFIX", "FORMATS", "ArchiveReport", "check_format",
-           "manifest_scans", "model_hash", "predict_archive"]
+           "manifest_scans", "model_hash", "predict_archive", "prediction_columns"]

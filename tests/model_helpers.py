@@ -25,9 +25,12 @@ TINY = {"depths": [1, 1, 1, 1], "widths": [8, 8, 16, 16], "stem_width": 8, "grou
 
 
 def make_checkpoint(path: Path, size, seed: int, threshold=None, backbone="regnet3d",
-                    aggregator="volume", model_args=None) -> Path:
-    """A random model whose BatchNorm statistics are not the identity (so folding matters)."""
+                    aggregator="volume", model_args=None, classes=None) -> Path:
+    """A random model whose BatchNorm statistics are not the identity (so folding matters);
+    binary, or of `classes` (three or more names)."""
     model_args = dict(TINY if model_args is None else model_args)
+    if classes is not None:
+        model_args["num_classes"] = len(classes)
     torch.manual_seed(seed)
     model = covidzoo.create_model(backbone, aggregator=aggregator, **model_args)
     model.train()
@@ -36,11 +39,14 @@ def make_checkpoint(path: Path, size, seed: int, threshold=None, backbone="regne
             model(torch.randn(2, 1, *size) * 2 + 0.5)
     spec = ModelSpec(backbone, model_args, aggregator, {},
                      PreprocessConfig(size=size).to_dict(), threshold)
+    if classes is not None:
+        spec.classes = list(classes)
     return save_checkpoint(path, model.eval(), spec)
 
 
 def hand_probs(checkpoint: Path, scans) -> np.ndarray:
-    """The unfolded model on each raw scan, one at a time: the reference every route must match."""
+    """The unfolded model on each raw scan, one at a time: the reference every route must match
+    (the covid probability per scan, or each scan's row of class probabilities)."""
     model, spec = load_checkpoint(checkpoint)
     model.eval()
     cfg = PreprocessConfig.from_dict(spec.preprocess)
@@ -48,7 +54,9 @@ def hand_probs(checkpoint: Path, scans) -> np.ndarray:
     with torch.no_grad():
         for scan in scans:
             x = to_model_input(torch.from_numpy(load_scan(scan, cfg))[None, None])
-            out.append(float(torch.sigmoid(model(x)).reshape(-1)[0]))
+            logits = model(x).reshape(-1)
+            out.append(float(torch.sigmoid(logits)[0]) if len(logits) == 1
+                       else torch.softmax(logits, 0).double().numpy())
     return np.asarray(out)
 
 

@@ -20,7 +20,13 @@ import pytest
 import torch
 from model_helpers import hand_probs, make_checkpoint
 
-from covidzoo.archive import COLUMNS, KILL_AFTER_ENV, errors_path, part_path
+from covidzoo.archive import (
+    COLUMNS,
+    KILL_AFTER_ENV,
+    errors_path,
+    part_path,
+    prediction_columns,
+)
 
 N_SCANS = 9
 
@@ -232,6 +238,84 @@ def test_parquet_holds_the_csv_rows_and_resumes(archive, invoke, reference, tmp_
     assert table.column("probability").to_pylist() == [float(r["probability"]) for r in rows]
     again = predict(invoke, archive, out, "--format", "parquet")
     assert (again["already_done"], again["predicted"]) == (N_SCANS, 0)
+
+
+# --- three or more classes ------------------------------------------------------------------------
+
+CLASSES = ("cap", "covid", "normal")
+
+
+@pytest.fixture(scope="module")
+def three(archive):
+    """A tiny random model of three classes beside the binary ones."""
+    return make_checkpoint(archive.root / "three.safetensors", (8, 32, 32), seed=2,
+                           classes=CLASSES)
+
+
+def test_a_three_class_model_writes_every_class_probability(archive, invoke, three, tmp_path):
+    out = tmp_path / "classes.csv"
+    report = predict(invoke, archive, out, model=three)
+    assert report["threshold"] is None and report["predicted"] == N_SCANS
+    rows = read_rows(out)
+    assert tuple(rows[0]) == prediction_columns(CLASSES) == (
+        "scan", "label", "probability", "p_cap", "p_covid", "p_normal", "model_hash")
+    assert [r["scan"] for r in rows] == archive.good
+    probs = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in rows])
+    np.testing.assert_allclose(probs, hand_probs(three, archive.good), atol=1e-5)
+    assert [r["label"] for r in rows] == [CLASSES[k] for k in probs.argmax(1)]
+    assert [float(r["probability"]) for r in rows] == list(probs.max(1))
+    again = predict(invoke, archive, out, model=three)
+    assert (again["already_done"], again["predicted"]) == (N_SCANS, 0)
+    summary = invoke("predict", str(three), "--manifest", str(archive.manifest), "--out",
+                     str(out), "--device", "cpu")
+    assert summary.exit_code == 0 and f"wrote {out}" in summary.stdout, summary.output
+
+
+def test_a_three_class_parquet_file_resumes(archive, invoke, three, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    out = tmp_path / "classes.parquet"
+    csv_rows = read_rows(_written(invoke, archive, tmp_path / "classes.csv", three))
+    predict(invoke, archive, out, "--format", "parquet", model=three)
+    table = pq.read_table(out)
+    assert table.column_names == list(prediction_columns(CLASSES))
+    assert table.column("label").to_pylist() == [r["label"] for r in csv_rows]
+    np.testing.assert_allclose(table.column("p_normal").to_pylist(),
+                               [float(r["p_normal"]) for r in csv_rows], atol=1e-6)
+    again = predict(invoke, archive, out, "--format", "parquet", model=three)
+    assert (again["already_done"], again["predicted"]) == (N_SCANS, 0)
+
+
+def _written(invoke, archive, out: Path, model: Path) -> Path:
+    predict(invoke, archive, out, model=model)
+    return out
+
+
+def test_binary_and_three_class_predictions_replace_each_other_only_when_asked(
+        archive, invoke, runner, three, reference, tmp_path):
+    out = tmp_path / "predictions.csv"
+    out.write_bytes(reference.read_bytes())
+    line = fails(runner, "predict", str(three), "--manifest", str(archive.manifest), "--out",
+                 str(out))
+    assert "holds predictions of another model" in line
+    assert out.read_bytes() == reference.read_bytes()
+    predict(invoke, archive, out, "--replace", model=three)
+    assert tuple(read_rows(out)[0]) == prediction_columns(CLASSES)
+    predict(invoke, archive, out, "--replace")
+    assert_same_rows(out, reference)
+
+
+def test_another_models_part_of_other_columns_is_dropped_under_replace(
+        archive, invoke, three, reference, tmp_path):
+    """A killed binary job left a part file; the three-class job asked to --replace must not
+    append its rows under the binary header."""
+    out = tmp_path / "predictions.csv"
+    part_path(out, 0).write_bytes(reference.read_bytes())
+    report = predict(invoke, archive, out, "--replace", model=three)
+    assert report["predicted"] == N_SCANS
+    rows = read_rows(out)
+    assert tuple(rows[0]) == prediction_columns(CLASSES) and len(rows) == N_SCANS
+    assert {r["model_hash"] for r in rows} == {report["model_hash"]}
+    assert not part_path(out, 0).exists()
 
 
 def test_parquet_without_pyarrow_says_install_it(archive, runner, tmp_path, monkeypatch):

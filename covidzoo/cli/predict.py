@@ -159,7 +159,7 @@ def _predict_archive(model: Path, scans: list[Any], out: Path, out_format: str, 
     if as_json:
         print_json(report.to_dict())
         return
-    if report.threshold.source == "default":
+    if report.threshold is not None and report.threshold.source == "default":
         click.echo(f"note: {report.threshold.note}", err=True)
     if report.failed:
         click.echo(f"covidzoo: {report.failed} scan(s) failed; reasons in {report.errors}",
