@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadInputError, one_line
-from .evaluation import Threshold, stored_threshold
+from .evaluation import Prediction, Threshold, scan_predictions, stored_threshold
 from .fileio import atomic_write, atomic_write_text, digest_file
 from .inference import Predictor, config_groups, load_predictor
 from .runtime import (
@@ -408,30 +408,30 @@ def read_batches(scans: Sequence[str], predictor: Predictor, batch_size: int,
     yield from loader
 
 
-def batch_probabilities(predictor: Predictor, batch: ReadBatch) -> np.ndarray:
-    """The fused probability of each scan read in `batch` (members as `predict_paths` runs them)."""
+def batch_predictions(predictor: Predictor, batch: ReadBatch,
+                      threshold: Threshold | None) -> list[Prediction]:
+    """The prediction of each scan read in `batch` (members as `predict_paths` runs them, the
+    label as `covidzoo predict` gives it)."""
     columns = [member.probs(batch.volumes[member.preprocess.digest()]).double().cpu().numpy()
                for member in predictor.members]
-    return predictor.fuse(np.stack(columns, axis=1))
+    member_probs = np.stack(columns, axis=1)
+    return scan_predictions(batch.scans, predictor.fuse(member_probs), member_probs,
+                            predictor.classes, threshold)
 
 
-def prediction_rows(scans: Sequence[str], probs: np.ndarray, classes: Sequence[str],
-                    threshold: Threshold | None, model: str) -> list[Row]:
-    """The rows of `prediction_columns(classes)`: binary, the covid probability and the label at
-    `threshold`; classes (`threshold` None), the most probable class and every class's
-    probability."""
+def prediction_rows(predictions: Sequence[Prediction], threshold: Threshold | None,
+                    model: str) -> list[Row]:
+    """The rows of `prediction_columns`: binary, the covid probability, its label and
+    `threshold`; classes (`threshold` None), the most probable class, its probability and
+    every class's."""
     if threshold is not None:
-        return [{"scan": scan, "probability": repr(float(p)),
-                 "label": "covid" if p >= threshold.value else "non-covid",
+        return [{"scan": p.scan, "probability": repr(p.probability), "label": p.label,
                  "threshold": repr(float(threshold.value)), "model_hash": model}
-                for scan, p in zip(scans, probs, strict=True)]
-    from .multiclass_metrics import predicted
-
-    top = predicted(probs) if len(probs) else np.empty(0, dtype=np.int64)
-    return [{"scan": scan, "label": classes[k], "probability": repr(float(p[k])),
-             **{CLASS_PREFIX + c: repr(float(v)) for c, v in zip(classes, p, strict=True)},
+                for p in predictions]
+    return [{"scan": p.scan, "label": p.label, "probability": repr(p.probability),
+             **{CLASS_PREFIX + c: repr(v) for c, v in (p.probabilities or {}).items()},
              "model_hash": model}
-            for scan, p, k in zip(scans, probs, top, strict=True)]
+            for p in predictions]
 
 
 def _kill_after() -> int | None:
@@ -448,16 +448,16 @@ def predict_share(predictor: Predictor, scans: Sequence[str], out: Path, dist: D
 
     profile = dict.fromkeys(PROFILE_KEYS, 0.0)
     kill_after = _kill_after()
-    classes = predictor.classes
-    with (PartWriter(part_path(out, dist.rank), prediction_columns(classes)) as rows_out,
+    with (PartWriter(part_path(out, dist.rank), prediction_columns(predictor.classes))
+          as rows_out,
           PartWriter(part_path(errors_path(out), dist.rank), ERROR_COLUMNS) as errors_out,
           progress_bar(len(scans), "predicting", enabled=progress and dist.main,
                        rate_unit="scans") as advance):
         for batch in read_batches(scans, predictor, batch_size, workers):
             start = time.perf_counter()
-            probs = batch_probabilities(predictor, batch) if batch.scans else np.empty(0)
+            predictions = batch_predictions(predictor, batch, threshold) if batch.scans else []
             profile["model_s"] += time.perf_counter() - start
-            rows_out.write(prediction_rows(batch.scans, probs, classes, threshold, model))
+            rows_out.write(prediction_rows(predictions, threshold, model))
             errors_out.write([{"scan": s, "reason": r, "model_hash": model}
                               for s, r in batch.failed])
             for key in ("read_s", "preprocess_s"):

@@ -916,17 +916,21 @@ def predict(model: PathLike, scans: Sequence[PathLike], *, device: str | None = 
         raise BadInputError(f"every scan failed ({len(found.failed)}); first: "
                             f"{found.failed[0][1]}")
     probs = predictor.fuse(found.probs)
-    if len(predictor.classes) > 2:
-        names = predictor.classes
-        predictions = [
-            Prediction(path, float(p.max()), names[int(p.argmax())], m.tolist(),
-                       {n: float(v) for n, v in zip(names, p, strict=True)})
-            for path, p, m in zip(found.paths, probs, found.probs, strict=True)
-        ]
-        return PredictReport(model, predictor, None, predictions, found.failed, notes)
-    chosen = stored_threshold(predictor)
-    predictions = [
-        Prediction(path, float(p), "covid" if p >= chosen.value else "non-covid", m.tolist())
-        for path, p, m in zip(found.paths, probs, found.probs, strict=True)
-    ]
+    chosen = stored_threshold(predictor) if len(predictor.classes) == 2 else None
+    predictions = scan_predictions(found.paths, probs, found.probs, predictor.classes, chosen)
     return PredictReport(model, predictor, chosen, predictions, found.failed, notes)
+
+
+def scan_predictions(paths: Sequence[str], probs: NDArray[np.float64],
+                     member_probs: NDArray[np.float64], classes: Sequence[str],
+                     threshold: Threshold | None) -> list[Prediction]:
+    """Each scan's `Prediction` from the fused and the members' probabilities: two classes,
+    the covid probability and its label at `threshold`; three or more (`threshold` None), the
+    most probable class, its probability and every class's."""
+    if threshold is None:
+        return [Prediction(path, float(p.max()), classes[int(p.argmax())], m.tolist(),
+                           {n: float(v) for n, v in zip(classes, p, strict=True)})
+                for path, p, m in zip(paths, probs, member_probs, strict=True)]
+    return [Prediction(path, float(p), "covid" if p >= threshold.value else "non-covid",
+                       m.tolist())
+            for path, p, m in zip(paths, probs, member_probs, strict=True)]

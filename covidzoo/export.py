@@ -6,12 +6,15 @@ out. Inside it are `transforms.to_model_input` (the normalisation), every member
 and aggregator (BatchNorm folded, as `predict` runs them), `inference.logits_to_probs`, and for
 an ensemble the fusion of the members. It has one input per distinct preprocessing of its
 members (`scans`, or `scans_0`, `scans_1`, ... when members were trained at different sizes)
-and two outputs: `probability` (`B`) and `member_probabilities` (`B x members`). The batch size
-is dynamic.
+and two outputs: `probability` (`B`) and `member_probabilities` (`B x members`); for a model
+of three or more classes, `probabilities` (`B x classes`) and `member_probabilities`
+(`B x members x classes`). The batch size is dynamic. A temperature fitted by
+`covidzoo calibrate` (a member's, or an ensemble file's as a whole) is applied in the graph.
 
 What a user of the file needs besides the graph travels in it, as the JSON document
 `ExportMetadata` (ONNX `metadata_props`, TorchScript `_extra_files`): the threshold chosen on
-validation data, the class names, and each input's `PreprocessConfig`.
+validation data (none for classes), the class names, the output names, and each input's
+`PreprocessConfig`.
 
 Export checks its own work before it reports success (MONAI's `convert_to_onnx(verify=True)`,
 timm's `onnx_validate.py`): on a random batch and on synthetic chest CT phantoms, the file's
@@ -56,6 +59,11 @@ ATOL = 1e-4
 TRACE_BATCH = 1
 RANDOM_BATCH = 3
 OUTPUTS = ("probability", "member_probabilities")
+# The outputs of a model of three or more classes: a row of class probabilities per scan.
+CLASS_OUTPUTS = ("probabilities", "member_probabilities")
+# Probabilities are clipped to [TEMPERATURE_EPS, 1 - TEMPERATURE_EPS] before a temperature
+# rescales their logits, as `stats.apply_temperature` does (the verification holds them equal).
+TEMPERATURE_EPS = 1e-12
 # Where the TorchScript exporter lists the highest opset it writes (private: a fallback below).
 _LEGACY_MAX_OPSET_FALLBACK = 17
 
@@ -103,6 +111,25 @@ class StackingFusion(nn.Module):
         return (0.5 * (1.0 + torch.tanh(0.5 * z))).float()
 
 
+class Tempered(nn.Module):
+    """A fusion followed by an ensemble-wide temperature (`stats.apply_temperature` in a
+    graph): sigmoid(logit(p) / T) for covid probabilities, softmax(log(p) / T) for classes."""
+
+    def __init__(self, fusion: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.fusion = fusion
+        self.temperature = float(temperature)
+
+    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        fused = self.fusion(probs).double()
+        if fused.dim() == 1:
+            p = torch.clamp(fused, TEMPERATURE_EPS, 1 - TEMPERATURE_EPS)
+            z = (torch.log(p) - torch.log(1 - p)) / self.temperature
+            return (0.5 * (1.0 + torch.tanh(0.5 * z))).float()
+        z = torch.log(torch.clamp(fused, TEMPERATURE_EPS, 1.0)) / self.temperature
+        return torch.softmax(z, dim=1).float()
+
+
 # ensembler method -> its fusion as a module, built from the fitted ensembler. Verification
 # checks each against the ensembler's own `predict`, so the two cannot drift apart unseen.
 GRAPH_FUSIONS: dict[str, Callable[[Any], nn.Module]] = {
@@ -113,8 +140,9 @@ GRAPH_FUSIONS: dict[str, Callable[[Any], nn.Module]] = {
 
 
 def graph_fusion(predictor: Predictor) -> nn.Module:
-    """The predictor's fusion as a module, or `BadInputError` naming a method that has none
-    (a rank ensembler interpolates against its validation scores: no graph form here)."""
+    """The predictor's fusion as a module (its ensemble-wide temperature applied after), or
+    `BadInputError` naming a method that has none (a rank ensembler interpolates against its
+    validation scores: no graph form here; classes are fused by the mean only)."""
     if predictor.ensembler is None:
         return FirstMember()
     method = predictor.ensembler.to_dict().get("method")
@@ -123,7 +151,12 @@ def graph_fusion(predictor: Predictor) -> nn.Module:
             f"{predictor.path}: the '{method}' ensembler cannot be exported as a graph "
             f"(exportable: {', '.join(GRAPH_FUSIONS)})"
         )
-    return GRAPH_FUSIONS[method](predictor.ensembler)
+    if len(predictor.classes) > 2 and method != "mean":
+        raise BadInputError(f"{predictor.path}: the '{method}' ensembler fuses covid "
+                            "probabilities; a multi-class ensemble averages class "
+                            "probabilities (method mean)")
+    fusion = GRAPH_FUSIONS[method](predictor.ensembler)
+    return fusion if predictor.temperature is None else Tempered(fusion, predictor.temperature)
 
 
 # --- the graph and its metadata ----------------------------------------------------------------
@@ -188,7 +221,8 @@ class ExportMetadata:
 
 
 class ScanGraph(nn.Module):
-    """uint8 scans (one tensor per input) -> `(probability, member_probabilities)`."""
+    """uint8 scans (one tensor per input) -> `(probability, member_probabilities)`, or for
+    classes `(probabilities, member_probabilities)` with a class axis last."""
 
     def __init__(self, members: Sequence[Member], input_of: Sequence[int],
                  fusion: nn.Module) -> None:
@@ -235,6 +269,11 @@ def _member_record(member: Member, input_name: str, root: Path) -> dict[str, Any
             "num_classes": member.num_classes, "input": input_name}
 
 
+def graph_outputs(classes: Sequence[str]) -> tuple[str, ...]:
+    """The output names of a graph of `classes`: `OUTPUTS` for two, `CLASS_OUTPUTS` for more."""
+    return OUTPUTS if len(classes) <= 2 else CLASS_OUTPUTS
+
+
 def build_graph(predictor: Predictor) -> tuple[ScanGraph, ExportMetadata]:
     """The predictor's whole scan model as one module, and the metadata that goes with it."""
     fusion = graph_fusion(predictor)
@@ -249,6 +288,8 @@ def build_graph(predictor: Predictor) -> tuple[ScanGraph, ExportMetadata]:
                  for m, i in zip(predictor.members, input_of, strict=True)],
         fusion=None if predictor.ensembler is None
         else predictor.ensembler.to_dict().get("method"),
+        class_names=list(predictor.classes),
+        outputs=list(graph_outputs(predictor.classes)),
     )
     graph = ScanGraph(predictor.members, input_of, fusion).eval()
     return graph.requires_grad_(False), meta  # a TorchScript file then returns plain tensors
@@ -395,10 +436,10 @@ def _write_onnx(graph: ScanGraph, meta: ExportMetadata, examples: Sequence[torch
                 path: str) -> None:
     onnx, _ = _onnx_modules()
     names = [i.name for i in meta.inputs]
-    dynamic = {name: {0: "batch"} for name in [*names, *OUTPUTS]}
+    dynamic = {name: {0: "batch"} for name in [*names, *meta.outputs]}
     with _quiet_exporter(), _native_output_discarded():
         torch.onnx.export(graph, tuple(examples), path, dynamo=False, input_names=names,
-                          output_names=list(OUTPUTS), dynamic_axes=dynamic,
+                          output_names=list(meta.outputs), dynamic_axes=dynamic,
                           opset_version=onnx_opset(), do_constant_folding=True)
     model = onnx.load(path)
     for key, value in meta.properties().items():
@@ -431,15 +472,16 @@ def onnx_session(path: str | os.PathLike[str], providers: Sequence[str] | None =
                             ) from exc
 
 
-def _runner(fmt: str, path: str, names: Sequence[str]) -> Callable[..., tuple[Any, Any]]:
+def _runner(fmt: str, path: str, names: Sequence[str],
+            outputs: Sequence[str]) -> Callable[..., tuple[Any, Any]]:
     """A function from input tensors to the exported file's two outputs, as numpy."""
     if fmt == "onnx":
         session = onnx_session(path)
 
         def run_onnx(*scans: torch.Tensor) -> tuple[Any, Any]:
-            outputs = session.run(list(OUTPUTS), {n: s.numpy() for n, s in
-                                                  zip(names, scans, strict=True)})
-            return outputs[0], outputs[1]
+            found = session.run(list(outputs), {n: s.numpy() for n, s in
+                                                zip(names, scans, strict=True)})
+            return found[0], found[1]
 
         return run_onnx
     with _quiet_exporter():
@@ -466,7 +508,7 @@ def verify(predictor: Predictor, graph: ScanGraph, meta: ExportMetadata, fmt: st
            path: str, atol: float = ATOL) -> list[Verification]:
     """Run the file at `path` on random and phantom scans; `CovidzooError` when its
     probabilities differ from PyTorch's by more than `atol`."""
-    run = _runner(fmt, path, [i.name for i in meta.inputs])
+    run = _runner(fmt, path, [i.name for i in meta.inputs], meta.outputs)
     checks = []
     for name, scans in (("random uint8 scans", random_scans(meta.inputs, RANDOM_BATCH)),
                         ("synthetic chest CT phantoms", demo_scans(meta.inputs))):
@@ -526,12 +568,6 @@ def export_model(model: str | os.PathLike[str], out: str | os.PathLike[str], fmt
     if fmt == "onnx":
         _onnx_modules()
     predictor = load_predictor(model, "cpu", "fp32")
-    if len(predictor.classes) > 2:
-        raise BadInputError(f"{model}: a model of {len(predictor.classes)} classes; export "
-                            "writes graphs that output a covid probability (two classes)")
-    if predictor.temperature is not None:
-        raise BadInputError(f"{model}: an ensemble file calibrated as a whole; export its "
-                            "uncalibrated file, or calibrate its members instead")
     inputs = {p.resolve() for p in [predictor.path, *(m.path for m in predictor.members)]}
     if {out.resolve(), card_path(out).resolve()} & inputs:
         raise BadInputError(f"--out {out}: that would overwrite the model being exported")
@@ -584,16 +620,16 @@ class OnnxPredictor:
 
     @property
     def classes(self) -> tuple[str, ...]:
-        """Exported graphs are of two classes (`export_model` refuses more)."""
-        return CLASS_NAMES
+        return tuple(self.metadata.class_names)
 
     @property
     def members(self) -> list[OnnxMember]:
         return [OnnxMember(Path(m["checkpoint"])) for m in self.metadata.members]
 
     def run(self, scans: dict[str, NDArray[np.uint8]]) -> tuple[NDArray[Any], NDArray[Any]]:
-        """`(probability, member probabilities)` of uint8 scans, by input name."""
-        probability, member_probs = self.session.run(list(OUTPUTS), scans)
+        """`(probability, member probabilities)` of uint8 scans, by input name (for classes,
+        each with a class axis last)."""
+        probability, member_probs = self.session.run(list(self.metadata.outputs), scans)
         return probability, member_probs
 
 
@@ -629,7 +665,7 @@ def predict_onnx(model: str | os.PathLike[str], scans: Sequence[str | os.PathLik
     by covidzoo's readers with the configs in the file's metadata, the model runs in
     onnxruntime. Returns an `evaluation.PredictReport`."""
     from .data.preprocess import PreprocessConfig
-    from .evaluation import Prediction, PredictReport, stored_threshold
+    from .evaluation import PredictReport, scan_predictions, stored_threshold
     from .inference import read_scan_batches
     from .progress import progress_bar
 
@@ -643,7 +679,8 @@ def predict_onnx(model: str | os.PathLike[str], scans: Sequence[str | os.PathLik
                for i in predictor.metadata.inputs}
     failed: list[tuple[str, str]] = []
     predictions = []
-    chosen = stored_threshold(predictor)  # type: ignore[arg-type]
+    binary = len(predictor.classes) == 2
+    chosen = stored_threshold(predictor) if binary else None  # type: ignore[arg-type]
     with progress_bar(len(scans), "predicting", enabled=progress, rate_unit="scans") as advance:
         shown = 0
         for names, batches in read_scan_batches([str(s) for s in scans], configs, batch_size,
@@ -652,11 +689,9 @@ def predict_onnx(model: str | os.PathLike[str], scans: Sequence[str | os.PathLik
                 {name: batch.numpy() for name, batch in batches.items()})
             advance(len(names) + len(failed) - shown)
             shown = len(failed)
-            predictions += [
-                Prediction(name, float(p), CLASS_NAMES[int(p >= chosen.value)],
-                           np.asarray(m, dtype=np.float64).tolist())
-                for name, p, m in zip(names, probability, member_probs, strict=True)
-            ]
+            predictions += scan_predictions(
+                names, np.asarray(probability, dtype=np.float64),
+                np.asarray(member_probs, dtype=np.float64), predictor.classes, chosen)
     if not predictions:
         raise BadInputError(f"every scan failed ({len(failed)}); first: {failed[0][1]}")
     return PredictReport(Path(model), predictor, chosen, predictions,  # type: ignore[arg-type]
@@ -665,7 +700,9 @@ def predict_onnx(model: str | os.PathLike[str], scans: Sequence[str | os.PathLik
 
 __all__ = [
     "ATOL",
+    "CLASS_OUTPUTS",
     "FORMATS",
+    "OUTPUTS",
     "ExportInput",
     "ExportMetadata",
     "ExportResult",
@@ -674,6 +711,7 @@ __all__ = [
     "build_graph",
     "card_path",
     "export_model",
+    "graph_outputs",
     "load_onnx_predictor",
     "onnx_opset",
     "predict_onnx",

@@ -117,12 +117,38 @@ def _preprocess_section(meta: Any) -> list[str]:
             "((x - 127.5) / 127.5) itself.", ""]
 
 
+def _use_lines(class_names: Sequence[str]) -> list[str]:
+    if len(class_names) > 2:
+        return [f"- It outputs a probability for each of its classes ({', '.join(class_names)}) "
+                "of a chest CT. It knows no other class: other findings may score as any of "
+                "them."]
+    return ["- It outputs the probability that a chest CT shows COVID-19 pneumonia, versus not. "
+            "It knows no other disease: other pneumonias and findings may score either way."]
+
+
+def _output_lines(meta: Any, classes: str) -> list[str]:
+    if len(meta.class_names) > 2:
+        return [f"- outputs: `{meta.outputs[0]}` (one row of class probabilities per scan) and "
+                f"`{meta.outputs[1]}` (per member, then per class)",
+                f"- classes: {classes}, in this order; a scan's class is its most probable one"]
+    return [f"- outputs: `{meta.outputs[0]}` (covid, one per scan) and `{meta.outputs[1]}` "
+            "(one column per member)",
+            f"- classes: {classes}; a scan is `{meta.class_names[1]}` when its probability >= "
+            "the threshold"]
+
+
 def model_card(predictor: Any, meta: Any, fmt: str, out: Path,
                checks: Sequence[Any]) -> str:
     """The Markdown model card of an export of `predictor` (see the module docstring)."""
     n = len(predictor.members)
     threshold = _value(meta.threshold)
-    if predictor.kind == "ensemble":
+    classes = ", ".join(f"`{c}`" for c in meta.class_names)
+    if len(meta.class_names) > 2:
+        threshold_note = "none: a scan's class is its most probable one"
+        summary = (f"An ensemble of {n} models averaging their class probabilities, from "
+                   f"`{predictor.path.name}`." if predictor.kind == "ensemble"
+                   else f"One model, from `{predictor.path.name}`.")
+    elif predictor.kind == "ensemble":
         threshold_note = (f"{threshold}, chosen by `covidzoo ensemble` as the Youden point of "
                           "the fused probabilities on its fit split (which split, and the "
                           "metrics there, the ensemble file does not record)")
@@ -139,8 +165,7 @@ def model_card(predictor: Any, meta: Any, fmt: str, out: Path,
         "## Intended use and limits", "",
         "- For research use only. Not a medical device: not cleared or approved for "
         "diagnosis, and not to be used for clinical decisions.",
-        "- It outputs the probability that a chest CT shows COVID-19 pneumonia, versus not. "
-        "It knows no other disease: other pneumonias and findings may score either way.",
+        *_use_lines(meta.class_names),
         "- Its performance outside the data described below (other scanners, protocols, "
         "populations, prevalence) is unknown until measured there.",
         "- The validation figures below come from the data that chose the checkpoint and the "
@@ -148,10 +173,7 @@ def model_card(predictor: Any, meta: Any, fmt: str, out: Path,
         "",
         "## Inputs and outputs", "",
         f"- inputs: {', '.join(f'`{i.name}`' for i in meta.inputs)} (uint8, dynamic batch)",
-        "- outputs: `probability` (covid, one per scan) and `member_probabilities` "
-        "(one column per member)",
-        f"- classes: {', '.join(meta.class_names)}; a scan is `{meta.class_names[1]}` when "
-        "its probability >= the threshold",
+        *_output_lines(meta, classes),
         f"- threshold: {threshold_note}",
         "",
         *_preprocess_section(meta),

@@ -22,6 +22,7 @@ from covidzoo.checkpoint import load_checkpoint
 from covidzoo.ensemble import create_ensembler
 from covidzoo.export import (
     ATOL,
+    CLASS_OUTPUTS,
     GRAPH_FUSIONS,
     METADATA_KEY,
     ExportMetadata,
@@ -147,6 +148,111 @@ def test_graph_fusions_equal_their_ensemblers_even_at_saturated_members(method):
     fused = GRAPH_FUSIONS[method](ensembler)(torch.from_numpy(probs)).double().numpy()
     np.testing.assert_allclose(fused, ensembler.predict(probs.astype(np.float64)), atol=1e-6,
                                rtol=0)
+
+
+# --- three or more classes, and temperatures -----------------------------------------------------
+
+CLASSES = ("cap", "covid", "normal")
+
+
+def torch_class_probs(checkpoint: Path, scans: torch.Tensor) -> np.ndarray:
+    """The unfolded model's class probabilities (softmax of its logits), `B x K`."""
+    model, _ = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        return torch.softmax(model.eval()(to_model_input(scans)), dim=1).double().numpy()
+
+
+def _class_members(tmp_path: Path, n: int) -> list[Path]:
+    return [make_checkpoint(tmp_path / f"c{k}.safetensors", SIZE, seed=k, model_args=TINY_REGNET,
+                            classes=CLASSES) for k in range(n)]
+
+
+def _mean_ensemble(tmp_path: Path, members: list[Path], threshold, **extra) -> Path:
+    mean = create_ensembler("mean")
+    mean.n_models = len(members)
+    path = write_ensemble_file(tmp_path / "ens.json", members, mean, threshold)
+    if extra:  # e.g. the temperature `covidzoo calibrate` stores for the file as a whole
+        path.write_text(json.dumps({**json.loads(path.read_text()), **extra}))
+    return path
+
+
+@pytest.mark.parametrize("fmt", [pytest.param("onnx", marks=needs_onnxruntime), "torchscript"])
+def test_a_three_class_model_exports_class_probabilities(tmp_path, invoke, fmt):
+    [ckpt] = _class_members(tmp_path, 1)
+    out = tmp_path / f"m.{fmt}"
+    result = invoke("export", str(ckpt), "--format", fmt, "--out", str(out), "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["threshold"] is None
+    x = scans(5)
+    probabilities, members = run_export(ckpt, out, fmt)(x)
+    want = torch_class_probs(ckpt, x)
+    assert probabilities.shape == (5, 3) and members.shape == (5, 1, 3)
+    np.testing.assert_allclose(probabilities, want, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(members[:, 0], want, atol=ATOL, rtol=0)
+    if fmt == "onnx":
+        session = onnx_session(out)
+        assert [o.name for o in session.get_outputs()] == list(CLASS_OUTPUTS)
+        meta = ExportMetadata.from_json(
+            session.get_modelmeta().custom_metadata_map[METADATA_KEY], str(out))
+        assert (meta.class_names, meta.outputs, meta.threshold) == (
+            list(CLASSES), list(CLASS_OUTPUTS), None)
+    card = card_path(out).read_text()
+    assert "`cap`, `covid`, `normal`, in this order" in card and "most probable" in card
+    assert "versus not" not in card
+
+
+@needs_onnxruntime
+def test_predict_onnx_of_a_three_class_ensemble_equals_pytorch(tmp_path, invoke):
+    path = _mean_ensemble(tmp_path, _class_members(tmp_path, 2), None)
+    out = tmp_path / "ens.onnx"
+    result = invoke("export", str(path), "--format", "onnx", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "averaging their class probabilities" in card_path(out).read_text()
+    paths = phantom_scans(tmp_path, 3)
+    by_torch = json.loads(invoke("predict", str(path), *paths, "--json").output)
+    result = invoke("predict", "--backend", "onnx", str(out), *paths, "--json")
+    assert result.exit_code == 0, result.output
+    by_onnx = json.loads(result.output)
+    assert by_onnx["threshold"] is None and by_onnx["classes"] == list(CLASSES)
+    for got, want in zip(by_onnx["predictions"], by_torch["predictions"], strict=True):
+        assert got["label"] == want["label"]
+        np.testing.assert_allclose([got["probabilities"][c] for c in CLASSES],
+                                   [want["probabilities"][c] for c in CLASSES], atol=ATOL)
+    table = invoke("predict", "--backend", "onnx", str(out), *paths)
+    assert table.exit_code == 0 and "normal" in table.output, table.output
+
+
+@pytest.mark.parametrize("classes", [None, CLASSES])
+def test_an_ensemble_calibrated_as_a_whole_exports_with_its_temperature(tmp_path, invoke,
+                                                                         classes):
+    from covidzoo.stats import apply_temperature
+
+    members = (_class_members(tmp_path, 2) if classes else
+               [make_checkpoint(tmp_path / f"b{k}.safetensors", SIZE, seed=k,
+                                model_args=TINY_REGNET) for k in range(2)])
+    path = _mean_ensemble(tmp_path, members, None if classes else 0.5, temperature=2.5)
+    out = tmp_path / "ens.pt"
+    result = invoke("export", str(path), "--format", "torchscript", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    x = scans(4)
+    probability, member_probs = run_export(path, out, "torchscript")(x)
+    reference = torch_class_probs if classes else torch_probs
+    want_members = np.stack([reference(m, x) for m in members], axis=1)
+    np.testing.assert_allclose(member_probs, want_members, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(probability, apply_temperature(want_members.mean(axis=1), 2.5),
+                               atol=ATOL, rtol=0)
+
+
+def test_a_covid_fusion_of_three_class_members_is_refused(tmp_path, invoke):
+    members = _class_members(tmp_path, 2)
+    weighted = create_ensembler("weighted").fit(np.array([[0.2, 0.4], [0.7, 0.9]]),
+                                                np.array([0, 1]))
+    path = write_ensemble_file(tmp_path / "w.json", members, weighted, None)
+    result = invoke("export", str(path), "--format", "torchscript", "--out",
+                    str(tmp_path / "w.pt"))
+    assert result.exit_code == 2, result.output
+    assert "'weighted' ensembler fuses covid probabilities" in result.output
+    assert len(result.output.splitlines()) == 1 and not (tmp_path / "w.pt").exists()
 
 
 # --- metadata and model card -------------------------------------------------------------------

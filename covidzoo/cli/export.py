@@ -23,8 +23,8 @@ from .options import print_json, threads_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def export(model: Path, fmt: str, out: Path, as_json: bool) -> None:
     """Export a checkpoint or ensemble file MODEL as one graph: preprocessed uint8 scans in,
-    covid probabilities out, dynamic batch, the threshold, class names and preprocessing in the
-    file's metadata.
+    covid probabilities (or, for three or more classes, class probabilities) out, dynamic
+    batch, the threshold, class names and preprocessing in the file's metadata.
 
     The export is verified before it is kept: on random and on synthetic CT scans its
     probabilities must equal PyTorch's to 1e-4. A model card is written beside it (OUT.md).
