@@ -48,6 +48,7 @@ from .ensemble import EPS
 from .errors import BadInputError, CovidzooError, one_line
 from .inference import Member, Predictor, load_predictor, logits_to_probs
 from .metrics import CLASS_NAMES
+from .native_output import native_output_discarded
 from .transforms import to_model_input
 
 FORMATS = ("onnx", "torchscript")
@@ -399,31 +400,6 @@ def _unsupported_operator(exc: BaseException) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _native_output_discarded() -> Iterator[None]:
-    """The exporter's C++ side dumps its whole graph to the process's stdout when a conversion
-    fails; the user gets the one line that names the operator instead (and `--json` output
-    stays one document)."""
-    import sys
-    import tempfile
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    try:
-        with tempfile.TemporaryFile() as sink:
-            for fd in saved:
-                os.dup2(sink.fileno(), fd)
-            try:
-                yield
-            finally:
-                for fd, copy in saved.items():
-                    os.dup2(copy, fd)
-    finally:
-        for copy in saved.values():
-            os.close(copy)
-
-
 def _export_failed(model: Path, fmt: str, exc: BaseException) -> CovidzooError:
     op = _unsupported_operator(exc)
     if op is not None:
@@ -437,7 +413,7 @@ def _write_onnx(graph: ScanGraph, meta: ExportMetadata, examples: Sequence[torch
     onnx, _ = _onnx_modules()
     names = [i.name for i in meta.inputs]
     dynamic = {name: {0: "batch"} for name in [*names, *meta.outputs]}
-    with _quiet_exporter(), _native_output_discarded():
+    with _quiet_exporter(), native_output_discarded():
         torch.onnx.export(graph, tuple(examples), path, dynamo=False, input_names=names,
                           output_names=list(meta.outputs), dynamic_axes=dynamic,
                           opset_version=onnx_opset(), do_constant_folding=True)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BadInputError
+from ..native_output import native_output_discarded
 from .nifti import reorient
 from .volume import Volume
 
@@ -113,12 +114,14 @@ def read_itk(path: str | os.PathLike[str]) -> Volume:
     reader.SetFileName(str(path))
     reader.SetImageIO(io)
     try:
-        reader.ReadImageInformation()
+        with native_output_discarded((2,)):  # ITK's IO classes print their complaints too
+            reader.ReadImageInformation()
     except RuntimeError as exc:
         raise BadInputError(f"{path}: not a readable {name} file{_reason(exc)}") from exc
     _check_header(reader, path)
     try:
-        image = reader.Execute()
+        with native_output_discarded((2,)):  # MetaIO prints a truncated file's sizes to stderr
+            image = reader.Execute()
     except RuntimeError as exc:
         raise BadInputError(f"{path}: cannot read the voxel data{_reason(exc)}; truncated, or "
                             "its data file missing?") from exc
