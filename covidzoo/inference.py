@@ -165,11 +165,11 @@ def check_members(members: Sequence[Member]) -> None:
     """Members must agree on what their outputs mean before their probabilities are fused."""
     classes = {m.classes for m in members}
     if len(classes) > 1:
-        listed = "; ".join(f"{m.path.name}: {', '.join(m.classes)}" for m in members)
+        listed = "; ".join(f"{m.path}: {', '.join(m.classes)}" for m in members)
         raise BadInputError(f"members have different classes ({listed})")
     kinds = {m.num_classes for m in members}
     if len(kinds) > 1:
-        listed = "; ".join(f"{m.path.name}: {CLASS_DEFINITIONS[m.num_classes]}" for m in members)
+        listed = "; ".join(f"{m.path}: {CLASS_DEFINITIONS[m.num_classes]}" for m in members)
         raise BadInputError(f"members have different class definitions ({listed})")
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -491,7 +492,10 @@ def test_an_ensemble_file_of_binary_and_three_class_members_is_one_line(study):
                                                             study.run2 / "best.safetensors"],
                                ensembler, None)
     result = study.run("evaluate", path, "--data", study.two)
-    one_line_error(result, "members have different classes")
+    # Named by path (the run's saved generation), not by the name best.safetensors they share.
+    line = one_line_error(result, "members have different classes")
+    assert re.search(r"run3/\S*best\.safetensors: covid, non-covid, pneumonia", line), line
+    assert re.search(r"run2/\S*best\.safetensors: non-covid, covid\)", line), line
 
 
 def test_the_ensemble_command_averages_class_probabilities(study, tmp_path):
