@@ -148,7 +148,7 @@ def test_unreadable_scan_goes_to_the_errors_file_and_is_retried(archive, invoke,
     first = predict(invoke, copy, out)
     assert (first["predicted"], first["failed"]) == (N_SCANS, 1)
     assert first["errors"] == str(errors_path(out))
-    np.save(scans / "bad.npy", np.zeros((9, 30, 30), np.float32))
+    np.save(scans / "bad.npy", np.full((9, 30, 30), -1000, np.float32))  # air: a scan
     second = predict(invoke, copy, out)
     assert (second["already_done"], second["predicted"], second["failed"]) == (N_SCANS, 1, 0)
     assert [r["scan"] for r in read_rows(out)] == [str(tmp_path / p) for p in archive.listed]

@@ -46,7 +46,7 @@ def test_rebuild_on_config_or_source_change(tmp_path):
     bigger = PreprocessConfig(size=(4, 6, 6))
     assert len(prepare_cache(records, tmp_path / "c", bigger, progress=False).done) == 3
     assert CachedScans(tmp_path / "c")[0][0].shape == (1, 4, 6, 6)
-    np.save(records[1].path, np.zeros((6, 10, 12), dtype=np.int16))
+    np.save(records[1].path, np.full((6, 10, 12), -1000, dtype=np.int16))
     os.utime(records[1].path, ns=(1, 1))
     result = prepare_cache(records, tmp_path / "c", bigger, progress=False)
     assert result.done == [str(records[1].path.resolve())] and len(result.skipped) == 2

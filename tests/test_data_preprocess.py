@@ -50,7 +50,7 @@ def test_uint8_input_passes_through():
 
 
 def test_crop_then_resize():
-    array = np.zeros((10, 20, 20))
+    array = np.full((10, 20, 20), -1000.0)  # air
     array[0] = array[-1] = 1000  # slices that the crop removes
     array[:, :2] = array[:, :, :2] = 1000  # borders that the crop removes
     cfg = PreprocessConfig(size=(4, 8, 8), crop_slices=0.1, crop_border=0.1)

@@ -74,7 +74,7 @@ def test_cli_prepare_lists_failures(invoke, tmp_path):
     bad.mkdir(parents=True)
     (bad / "0.dcm").write_bytes(b"garbage")
     (tmp_path / "data" / "non-covid").mkdir()
-    np.save(tmp_path / "data" / "non-covid" / "ok.npy", np.zeros((4, 8, 8), np.int16))
+    np.save(tmp_path / "data" / "non-covid" / "ok.npy", np.full((4, 8, 8), -1000, np.int16))
     result = invoke("data", "prepare", str(tmp_path / "data"), "--out", str(tmp_path / "c"),
                     "--size", "2,4,4", "--no-progress")
     assert result.exit_code == 0

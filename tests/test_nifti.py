@@ -150,3 +150,50 @@ def test_every_axis_permutation_gives_one_spacing(tmp_path):
         volume = read_scan(_save(tmp_path / "p.nii", moved, moved_affine))
         np.testing.assert_array_equal(volume.array, expected.array)
         assert volume.spacing == pytest.approx(expected.spacing)
+
+
+@pytest.mark.parametrize("name, values", [
+    ("mask.nii.gz", lambda rng: (rng.uniform(size=(8, 16, 16)) > 0.5).astype(np.uint8)),
+    ("probability.nii.gz", lambda rng: rng.uniform(size=(8, 16, 16)).astype(np.float32)),
+    # A CT whose rescale intercept (-1024) was lost: air is stored as 0.
+    ("raw.nii.gz", lambda rng: rng.integers(0, 2000, (8, 16, 16)).astype(np.int16)),
+])
+def test_values_without_air_are_not_hounsfield_units(tmp_path, name, values):
+    """A lung mask or probability map (MosMedData ships its masks as NIfTI), or a CT that lost
+    its intercept, would be windowed as HU into a confident prediction of nothing."""
+    from covidzoo.data import preprocess
+
+    path = _save(tmp_path / name, values(np.random.default_rng(0)), np.eye(4))
+    volume = read_scan(path)
+    with pytest.raises(BadInputError, match=rf"{name.replace('.', '[.]')}: no value below -200 "
+                                            r"HU .*not a CT in Hounsfield units"):
+        preprocess(volume)
+
+
+def test_a_scan_with_air_passes_and_the_cli_names_one_without(tmp_path, invoke):
+    from model_helpers import make_checkpoint
+
+    from covidzoo.data import preprocess
+    from covidzoo.data.preprocess import DEFAULT_SCAN_SIZE
+
+    rng = np.random.default_rng(0)
+    ct = _save(tmp_path / "ct.nii.gz", rng.normal(-500, 400, (8, 16, 16)).astype(np.int16),
+               np.eye(4))
+    assert preprocess(read_scan(ct)).shape == DEFAULT_SCAN_SIZE
+    mask = _save(tmp_path / "mask.nii.gz", np.ones((8, 16, 16), np.uint8), np.eye(4))
+    ckpt = make_checkpoint(tmp_path / "m.safetensors", (8, 32, 32), seed=0)
+    result = invoke("predict", str(ckpt), str(ct), str(mask), "--json")
+    assert result.exit_code == 0, result.output
+    assert "mask.nii.gz: no value below -200 HU" in result.output  # listed as failed
+    result = invoke("predict", str(ckpt), str(mask))
+    assert result.exit_code == 2
+    assert result.output.count("\n") == 1 and "mask.nii.gz: no value below" in result.output
+    # `data inspect` describes the file, and says before any command refuses it.
+    import json
+
+    described = invoke("data", "inspect", str(mask), "--json")
+    assert described.exit_code == 0, described.output
+    assert any(w.startswith("preprocessing refuses this scan: ") and "no value below" in w
+               for w in json.loads(described.output)["warnings"])
+    warnings = json.loads(invoke("data", "inspect", str(ct), "--json").output)["warnings"]
+    assert not any("refuses" in w for w in warnings), warnings  # noise, but air: a CT

@@ -140,7 +140,9 @@ def test_source_slices_map_output_slices_back_to_the_scan():
 
 
 def test_no_lungs_in_view_keeps_the_scan_whole_with_a_warning():
-    volume = Volume(np.full((12, 32, 32), 40, np.int16), (1.0, 1.0, 1.0), "belly", "array")
+    belly = np.full((12, 32, 32), -1000, np.int16)  # air around a body of soft tissue
+    belly[:, 4:28, 4:28] = 40
+    volume = Volume(belly, (1.0, 1.0, 1.0), "belly", "array")
     _, geometry = prepare_scan(volume, _cfg("crop=lungs,slices=lungs", size=(6, 16, 16)))
     assert geometry.box == ((0, 12), (0, 32), (0, 32))
     assert geometry.lungs["found"] is False

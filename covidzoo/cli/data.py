@@ -160,7 +160,8 @@ def inspect(scan: Path, series: str | None, png: Path | None, preprocess: tuple[
         "lung_area": cfg.lung_area,
         "spacing_assumed": volume.kind in ("slices",),
     }
-    summary["warnings"] = list(volume.warnings)
+    # The lung search may have warned since `summary()`: its warnings, then the new ones.
+    summary["warnings"] += [w for w in volume.warnings if w not in summary["warnings"]]
     if png is not None:
         from ..data.montage import montage
         from ..fileio import atomic_write

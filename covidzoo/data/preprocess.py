@@ -445,9 +445,11 @@ def _resized(volume: Volume, box: Sequence[tuple[int, int]], size: tuple[int, in
     for o, (i0, i1, w0, w1) in enumerate(_depth_weights(depth, size[0])):
         uses.setdefault(i0, []).append((o, w0, True))
         uses.setdefault(i1, []).append((o, w1, False))
+    lowest = np.inf
     for start in range(0, depth, SLAB):
         stop = min(start + SLAB, depth)
         slab = volume.slab(z0 + start, z0 + stop)[:, y0:y1, x0:x1]
+        lowest = min(lowest, float(slab.min()))
         planes = _resize_planes(_to_unit(slab, volume, cfg), size[1:])
         for i in range(start, stop):
             for o, weight, first in uses.get(i, ()):
@@ -458,6 +460,7 @@ def _resized(volume: Volume, box: Sequence[tuple[int, int]], size: tuple[int, in
         # Freed before the next slab is read, not when the names are rebound after it: else
         # two slabs live at once.
         del slab, planes
+    volume.check_air(lowest)
     return out
 
 

@@ -18,6 +18,10 @@ Intensity = Literal["hu", "uint8"]
 # where int16's minimum is the padding), and metal on an extended scale (up to about 31000 HU).
 # A value outside is not a CT number but garbage (a wrong rescale slope, uninitialised floats).
 HU_RANGE: tuple[float, float] = (-34_000.0, 66_000.0)
+# A chest CT holds air (about -1000 HU) in its lungs and around the body: a scan in "HU" whose
+# lowest value lies above this holds none, and is not Hounsfield units at all (a lung mask or
+# probability map, an MRI, an 8-bit image, or stored values without their rescale intercept).
+AIR_CEILING_HU = -200.0
 
 # Slices converted to float at a time: bounds the memory a reader or `preprocess` needs beyond
 # its output (16 slices of 512 x 512 are 16 MB of float32).
@@ -118,11 +122,25 @@ class Volume:
             + f" (slice {start + i}) lie outside {lo:g} to {hi:g}; not a CT scan's numbers"
         )
 
+    def check_air(self, lowest: float) -> None:
+        """`BadInputError` when `lowest`, the lowest value read of a HU scan, says it holds no
+        air (`AIR_CEILING_HU`): computing on it would give a confident answer from garbage."""
+        if self.intensity == "hu" and lowest > AIR_CEILING_HU:
+            raise BadInputError(
+                f"{self.source}: no value below {AIR_CEILING_HU:g} HU (the lowest is {lowest:.6g}):"
+                " no air, so not a CT in Hounsfield units (a mask or probability map? an MRI? "
+                "stored values without their rescale intercept?)")
+
     def summary(self) -> dict[str, Any]:
         """A JSON-friendly description: format, series, shape, spacing, value range, warnings."""
         lo, hi = np.inf, -np.inf
         for _, slab in self.slabs():
             lo, hi = min(lo, float(slab.min())), max(hi, float(slab.max()))
+        warnings = list(self.warnings)
+        try:
+            self.check_air(lo)
+        except BadInputError as exc:  # what preprocessing will refuse, said before it does
+            warnings.append(f"preprocessing refuses this scan: {exc}")
         return {
             "source": self.source,
             "format": self.kind,
@@ -132,5 +150,5 @@ class Volume:
             "intensity": self.intensity,
             "min": lo,
             "max": hi,
-            "warnings": list(self.warnings),
+            "warnings": warnings,
         }
