@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ import numpy as np
 from .data.layouts import Fold, ScanRecord, kfold_splits, read_split_csv
 from .errors import BadInputError
 from .fileio import atomic_write_text, exclusive_lock
-from .runtime import shutdown_distributed
+from .runtime import is_main_process, shutdown_distributed
 
 FOLDS_DIR = "folds"
 # Settings a continued study may change: how it runs, not what it learns (every fold must be
@@ -121,13 +120,9 @@ def _run_fold(cfg: Any, fold: Fold, out: Path, split: Path, quiet: bool,
     run = out / _fold_name(fold)
     summary = train(replace(cfg, out=str(run), split_file=str(split), resume=state[1],
                             val_split=None), quiet=quiet, keep_distributed=True)
-    if not summary["interrupted"] and _is_main():
+    if not summary["interrupted"] and is_main_process():
         atomic_write_text(done, json.dumps(summary, indent=2, default=str))
     return summary
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _fold_probs(checkpoint: Path, source: Any, records: list[ScanRecord], batch_size: int
@@ -220,7 +215,7 @@ def cross_validate(cfg: Any, folds: int, repeats: int = 1, quiet: bool = False
     out = Path(cfg.out)
     records, classes = cfg.source.labelled()
     plan = kfold_splits(records, folds, repeats, cfg.seed)
-    main = _is_main()
+    main = is_main_process()
     folder = out / FOLDS_DIR
     if main:
         out.mkdir(parents=True, exist_ok=True)

@@ -200,6 +200,12 @@ class Dist:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """Whether this process is the one that reports: torchrun's rank 0, or the only process
+    (the other ranks compute their share and stay silent)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup_distributed(device: torch.device) -> tuple[Dist, torch.device]:
     """Join the process group torchrun describes in the environment (or run alone); on CUDA
     each rank takes the GPU of its `LOCAL_RANK`. Returns the rank and the device to use."""

@@ -220,6 +220,7 @@ def test_torchrun_two_gloo_processes(dataset, tmp_path):
            "--epochs", "2", "--batch-size", "2", "--device", "cpu", "--out", str(run), "--json"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["epochs_run"] == 2  # one JSON document: rank 0 reports
     rows = metrics_rows(run)
     assert [r["epoch"] for r in rows] == [1, 2]  # one writer: no duplicated lines
     cfg = json.loads((run / "config.json").read_text())

@@ -127,15 +127,17 @@ def train(backbone: str | None, recipe: str | None, config_file: Path | None,
     Backbones add their own architecture options (regnet3d: --depths, --widths, ...; see
     `covidzoo models show BACKBONE`).
     """
+    from ..runtime import is_main_process
     from ..train import train as run_training
 
     cfg = build_config(backbone, recipe, config_file, model_arg, aggregator_arg, optimizer_arg,
                        size, preprocess, compile_, options)
     summary = run_training(cfg, quiet=as_json)
-    if as_json:
-        opt.print_json(summary)
-    else:
-        _print_summary(summary)
+    if is_main_process():  # under torchrun, the first process reports, once
+        if as_json:
+            opt.print_json(summary)
+        else:
+            _print_summary(summary)
     if summary["interrupted"]:  # saved what it could; the shell sees Ctrl-C's status
         from . import INTERRUPTED
 
