@@ -295,10 +295,14 @@ def read_ensemble_file(path: str | os.PathLike[str]) -> tuple[list[Path], Any, f
     member's backbone or aggregator, that no loaded plugin provides is an
     `UnknownComponentError` naming the package recorded in the file's provenance.
     """
+    path = Path(path)
+    return _parse_ensemble(path, _read_json(path))
+
+
+def _parse_ensemble(path: Path, data: Any) -> tuple[list[Path], Any, float | None]:
+    """`read_ensemble_file` of the document `data` read from `path`."""
     from .ensemble import Ensembler, load_ensembler
 
-    path = Path(path)
-    data = _read_json(path)
     if not isinstance(data, dict) or "members" not in data or "ensembler" not in data:
         raise BadInputError(f"{path}: not a covidzoo ensemble file (no members and ensembler)")
     if data.get("format") != ENSEMBLE_FORMAT or isinstance(data.get("format"), bool):
@@ -468,10 +472,10 @@ def load_predictor(
     if not is_ensemble_file(path):
         member = load_member(path, device, precision, fold)
         return Predictor(path, "checkpoint", [member], None, member.spec.threshold)
-    paths, ensembler, threshold = read_ensemble_file(path)
+    data = _read_json(path)  # read once: a file rewritten meanwhile is never half old, half new
+    paths, ensembler, threshold = _parse_ensemble(path, data)
     members = [load_member(p, device, precision, fold) for p in paths]
     check_members(members)
-    data = _read_json(path)
     record = data.get("calibration")
     return Predictor(path, "ensemble", members, ensembler, threshold,
                      check_temperature(data.get("temperature"), f"{path}: temperature"),

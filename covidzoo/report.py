@@ -265,9 +265,9 @@ def _png(image: Any) -> bytes:
 def thumbnail_slice(volume: np.ndarray) -> int:
     """The axial slice a thumbnail shows: the one with the most lung (dark voxels the body
     encloses, as `data inspect` chooses its cuts), else the middle one."""
-    from .data.montage import LUNG_GREY, _lung_cuts
+    from .data.montage import LUNG_GREY, lung_cuts
 
-    found = _lung_cuts(volume, LUNG_GREY)
+    found = lung_cuts(volume, LUNG_GREY)
     return volume.shape[0] // 2 if found is None else found[0]
 
 

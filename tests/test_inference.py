@@ -377,6 +377,21 @@ def test_ensemble_file_naming_missing_checkpoints(env, runner, tmp_path):
     assert "not an ensemble JSON file" in fails(runner, "evaluate", str(ens))
 
 
+def test_an_ensemble_file_is_read_once(env, tmp_path, monkeypatch):
+    """Threshold, ensembler and temperature come from one read of the file: one rewritten in
+    between (calibrate --in-place) can never load half old, half new."""
+    ens = tmp_path / "e.json"
+    inference.write_ensemble_file(ens, [env.a], create_ensembler("mean").fit(np.ones((2, 1))),
+                                  0.5)
+    ens.write_text(json.dumps({**json.loads(ens.read_text()), "temperature": 2.0}))
+    reads = []
+    original = inference._read_json
+    monkeypatch.setattr(inference, "_read_json", lambda path: reads.append(path) or original(path))
+    predictor = inference.load_predictor(ens)
+    assert reads == [ens]
+    assert (predictor.threshold, predictor.temperature) == (0.5, 2.0)
+
+
 def test_ensemble_bad_members_and_methods(env, runner, tmp_path):
     ens = tmp_path / "e.json"
     inference.write_ensemble_file(ens, [env.a], create_ensembler("mean").fit(np.ones((2, 1))),

@@ -50,7 +50,7 @@ class _Cut:
     mask: np.ndarray | None = None  # the lung mask's cut, as `pixels` (bool), or none
 
 
-def _lung_cuts(values: np.ndarray, dark: float) -> tuple[int, int, int] | None:
+def lung_cuts(values: np.ndarray, dark: float) -> tuple[int, int, int] | None:
     """The slice, row and column with the most lung: voxels darker than `dark` that the body
     encloses in their axial slice (the air around the body touches the slice's edge). None when
     there is hardly any."""
@@ -125,7 +125,7 @@ def _cuts(volume: Volume, grey: np.ndarray,
         k, j, i = found
         how = "cuts through the most lung of the lung mask"
     else:
-        found = _lung_cuts(volume.array, dark)
+        found = lung_cuts(volume.array, dark)
         if found is None:
             k, j, i = d // 2, h // 2, w // 4
             how = "no lung found: mid-slice, mid-row, sagittal at a quarter of the width"
