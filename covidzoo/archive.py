@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BadInputError, one_line
-from .evaluation import Prediction, Threshold, scan_predictions, stored_threshold
+from .evaluation import Prediction, Threshold, decision_threshold, scan_predictions
 from .fileio import atomic_write, atomic_write_text, digest_file
 from .inference import Predictor, config_groups, load_predictor
 from .runtime import (
@@ -54,7 +54,7 @@ PathLike = str | os.PathLike[str]
 
 FORMATS = ("csv", "parquet")
 # The columns of a binary model's --out; a model of three or more classes has
-# `class_columns(classes)`.
+# `prediction_columns(classes)`.
 COLUMNS = ("scan", "probability", "label", "threshold", "model_hash")
 CLASS_PREFIX = "p_"
 ERROR_COLUMNS = ("scan", "reason", "model_hash")
@@ -106,11 +106,8 @@ def _is_predictions_header(columns: Sequence[str]) -> bool:
     """Whether `columns` are those of some model's --out (binary or of classes): another
     model's file, which --replace may replace, rather than a file predict never wrote."""
     columns = list(columns)
-    if columns == list(COLUMNS):
-        return True
-    classes = columns[3:-1]
-    return (columns[:3] == ["scan", "label", "probability"] and columns[-1:] == ["model_hash"]
-            and len(classes) >= 3 and all(c.startswith(CLASS_PREFIX) for c in classes))
+    classes = [c[len(CLASS_PREFIX):] for c in columns[3:-1] if c.startswith(CLASS_PREFIX)]
+    return columns in (list(COLUMNS), list(prediction_columns(classes)))
 
 
 def _is_number_column(column: str) -> bool:
@@ -252,9 +249,10 @@ class PartWriter:
                 # Another model's part of other columns (left by a killed run, here because
                 # --replace was given: see `make_plan`) would mix two headers' rows: its rows
                 # are dropped at the merge anyway, so the file starts afresh.
-                header = self.path.read_bytes().split(b"\n", 1)[0].decode(errors="replace")
+                with self.path.open("rb") as fh:
+                    header = fh.readline().decode(errors="replace").rstrip("\r\n")
                 whole = (len(_complete_lines(self.path))
-                         if header.rstrip("\r") == ",".join(self.columns) else 0)
+                         if header == ",".join(self.columns) else 0)
                 with self.path.open("r+b") as fh:
                     fh.truncate(whole)
             self._fh = self.path.open("a", newline="", encoding="utf-8")
@@ -614,7 +612,7 @@ def _run(model: Path, scans: list[str], out: Path, fmt: str, replace: bool, dist
     plan = share_plan(dist, make_plan(scans, out, fmt, digest, replace) if dist.main else None)
     if plan.error is not None:
         raise BadInputError(plan.error)
-    threshold = stored_threshold(predictor) if len(predictor.classes) == 2 else None
+    threshold = decision_threshold(predictor)
     mine = my_scans(scans, plan.done, dist)
     profile = predict_share(predictor, mine, out, dist, threshold, digest, batch_size, workers,
                             progress)

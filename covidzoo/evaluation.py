@@ -60,6 +60,12 @@ def stored_threshold(predictor: Predictor) -> Threshold:
     return Threshold(predictor.threshold, source, "chosen on validation data")
 
 
+def decision_threshold(predictor: Predictor) -> Threshold | None:
+    """How a scan's label is decided: at `stored_threshold` for two classes; None for three or
+    more, whose label is the most probable class."""
+    return stored_threshold(predictor) if len(predictor.classes) == 2 else None
+
+
 THRESHOLD_RULES = ("checkpoint", "youden")
 
 
@@ -916,7 +922,7 @@ def predict(model: PathLike, scans: Sequence[PathLike], *, device: str | None = 
         raise BadInputError(f"every scan failed ({len(found.failed)}); first: "
                             f"{found.failed[0][1]}")
     probs = predictor.fuse(found.probs)
-    chosen = stored_threshold(predictor) if len(predictor.classes) == 2 else None
+    chosen = decision_threshold(predictor)
     predictions = scan_predictions(found.paths, probs, found.probs, predictor.classes, chosen)
     return PredictReport(model, predictor, chosen, predictions, found.failed, notes)
 

@@ -49,6 +49,7 @@ from .errors import BadInputError, CovidzooError, one_line
 from .inference import Member, Predictor, load_predictor, logits_to_probs
 from .metrics import CLASS_NAMES
 from .native_output import native_output_discarded
+from .stats import LOGIT_EPS
 from .transforms import to_model_input
 
 FORMATS = ("onnx", "torchscript")
@@ -62,9 +63,6 @@ RANDOM_BATCH = 3
 OUTPUTS = ("probability", "member_probabilities")
 # The outputs of a model of three or more classes: a row of class probabilities per scan.
 CLASS_OUTPUTS = ("probabilities", "member_probabilities")
-# Probabilities are clipped to [TEMPERATURE_EPS, 1 - TEMPERATURE_EPS] before a temperature
-# rescales their logits, as `stats.apply_temperature` does (the verification holds them equal).
-TEMPERATURE_EPS = 1e-12
 # Where the TorchScript exporter lists the highest opset it writes (private: a fallback below).
 _LEGACY_MAX_OPSET_FALLBACK = 17
 
@@ -114,7 +112,8 @@ class StackingFusion(nn.Module):
 
 class Tempered(nn.Module):
     """A fusion followed by an ensemble-wide temperature (`stats.apply_temperature` in a
-    graph): sigmoid(logit(p) / T) for covid probabilities, softmax(log(p) / T) for classes."""
+    graph, clipped alike): sigmoid(logit(p) / T) for covid probabilities, softmax(log(p) / T)
+    for classes."""
 
     def __init__(self, fusion: nn.Module, temperature: float) -> None:
         super().__init__()
@@ -124,10 +123,10 @@ class Tempered(nn.Module):
     def forward(self, probs: torch.Tensor) -> torch.Tensor:
         fused = self.fusion(probs).double()
         if fused.dim() == 1:
-            p = torch.clamp(fused, TEMPERATURE_EPS, 1 - TEMPERATURE_EPS)
+            p = torch.clamp(fused, LOGIT_EPS, 1 - LOGIT_EPS)
             z = (torch.log(p) - torch.log(1 - p)) / self.temperature
             return (0.5 * (1.0 + torch.tanh(0.5 * z))).float()
-        z = torch.log(torch.clamp(fused, TEMPERATURE_EPS, 1.0)) / self.temperature
+        z = torch.log(torch.clamp(fused, LOGIT_EPS, 1.0)) / self.temperature
         return torch.softmax(z, dim=1).float()
 
 
@@ -143,7 +142,8 @@ GRAPH_FUSIONS: dict[str, Callable[[Any], nn.Module]] = {
 def graph_fusion(predictor: Predictor) -> nn.Module:
     """The predictor's fusion as a module (its ensemble-wide temperature applied after), or
     `BadInputError` naming a method that has none (a rank ensembler interpolates against its
-    validation scores: no graph form here; classes are fused by the mean only)."""
+    validation scores: no graph form here; classes are fused by the mean only,
+    `Predictor.check_class_fusion`)."""
     if predictor.ensembler is None:
         return FirstMember()
     method = predictor.ensembler.to_dict().get("method")
@@ -152,10 +152,8 @@ def graph_fusion(predictor: Predictor) -> nn.Module:
             f"{predictor.path}: the '{method}' ensembler cannot be exported as a graph "
             f"(exportable: {', '.join(GRAPH_FUSIONS)})"
         )
-    if len(predictor.classes) > 2 and method != "mean":
-        raise BadInputError(f"{predictor.path}: the '{method}' ensembler fuses covid "
-                            "probabilities; a multi-class ensemble averages class "
-                            "probabilities (method mean)")
+    if len(predictor.classes) > 2:  # before a covid fusion is traced over a class axis
+        predictor.check_class_fusion()
     fusion = GRAPH_FUSIONS[method](predictor.ensembler)
     return fusion if predictor.temperature is None else Tempered(fusion, predictor.temperature)
 
@@ -641,7 +639,7 @@ def predict_onnx(model: str | os.PathLike[str], scans: Sequence[str | os.PathLik
     by covidzoo's readers with the configs in the file's metadata, the model runs in
     onnxruntime. Returns an `evaluation.PredictReport`."""
     from .data.preprocess import PreprocessConfig
-    from .evaluation import PredictReport, scan_predictions, stored_threshold
+    from .evaluation import PredictReport, decision_threshold, scan_predictions
     from .inference import read_scan_batches
     from .progress import progress_bar
 
@@ -655,8 +653,7 @@ def predict_onnx(model: str | os.PathLike[str], scans: Sequence[str | os.PathLik
                for i in predictor.metadata.inputs}
     failed: list[tuple[str, str]] = []
     predictions = []
-    binary = len(predictor.classes) == 2
-    chosen = stored_threshold(predictor) if binary else None  # type: ignore[arg-type]
+    chosen = decision_threshold(predictor)  # type: ignore[arg-type]
     with progress_bar(len(scans), "predicting", enabled=progress, rate_unit="scans") as advance:
         shown = 0
         for names, batches in read_scan_batches([str(s) for s in scans], configs, batch_size,

@@ -441,6 +441,16 @@ class Predictor:
         """The class names by label (every member's: `check_members`)."""
         return self.members[0].classes
 
+    def check_class_fusion(self) -> None:
+        """Members of three or more classes are fused by the mean of their class probabilities
+        (the only fusion defined for classes): `BadInputError` for an ensemble file that names
+        another ensembler."""
+        method = getattr(self.ensembler, "method", "mean")
+        if self.ensembler is not None and method != "mean":
+            raise BadInputError(f"{self.path}: the '{method}' ensembler fuses covid "
+                                "probabilities; a multi-class ensemble averages class "
+                                "probabilities (method mean)")
+
     def fuse(self, member_probs: NDArray[np.float64]) -> NDArray[np.float64]:
         """One probability per scan from `n_scans x n_members` probabilities; for three or
         more classes, one row of class probabilities per scan from `n_scans x n_members x K`
@@ -449,10 +459,7 @@ class Predictor:
         if self.ensembler is None:
             return probs[:, 0]
         if probs.ndim == 3:
-            if getattr(self.ensembler, "method", "mean") != "mean":
-                raise BadInputError(f"{self.path}: the '{self.ensembler.method}' ensembler "
-                                    "fuses covid probabilities; a multi-class ensemble "
-                                    "averages class probabilities (method mean)")
+            self.check_class_fusion()
             fused = probs.mean(axis=1)
         else:
             fused = np.asarray(self.ensembler.predict(probs), dtype=np.float64)

@@ -46,8 +46,9 @@ from .multiclass_metrics import check_multiclass
 
 # Scores of bootstrap resamples held at once (rows x scans x classes): ~16 MB per array.
 _BOOTSTRAP_CELLS = 2_000_000
-# Probabilities are clipped to [_EPS, 1 - _EPS] before they become logits.
-_EPS = 1e-12
+# Probabilities are clipped to [LOGIT_EPS, 1 - LOGIT_EPS] before they become logits (the
+# exported graph of a temperature, `export.Tempered`, clips the same).
+LOGIT_EPS = 1e-12
 # The range of temperatures `fit_temperature` searches.
 T_MIN, T_MAX = 0.05, 20.0
 # McNemar: below this many discordant pairs the exact binomial p is the reported one.
@@ -540,8 +541,8 @@ def _logits(p: NDArray[np.float64]) -> NDArray[np.float64]:
     if p.ndim == 1:
         from scipy.special import logit
 
-        return logit(np.clip(p, _EPS, 1 - _EPS))
-    return np.log(np.clip(p, _EPS, 1.0))
+        return logit(np.clip(p, LOGIT_EPS, 1 - LOGIT_EPS))
+    return np.log(np.clip(p, LOGIT_EPS, 1.0))
 
 
 def _check_temperature(temperature: float) -> float:
